@@ -1,0 +1,84 @@
+"""JSON (de)serialisation of events with the envelope, and the version rules consumers follow.
+
+`decode` looks at the envelope's `schema` first: an unknown event name or an unknown *major* version is
+an error (`UnknownEventSchema` / `UnsupportedSchemaVersion`) rather than a best guess; unknown fields
+inside a known version are ignored so producers can add fields without breaking consumers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar, overload
+
+from pydantic import ValidationError
+
+from events.envelope import Event, parse_schema_id
+from events.models import ALL_EVENTS
+
+E = TypeVar("E", bound=Event)
+
+_BY_NAME: dict[str, type[Event]] = {cls.SCHEMA_NAME: cls for cls in ALL_EVENTS}
+
+
+class EventDecodeError(ValueError):
+    """A message is not a valid Flywheel event."""
+
+
+class UnknownEventSchema(EventDecodeError):
+    """The envelope names an event type this consumer does not know."""
+
+
+class UnsupportedSchemaVersion(EventDecodeError):
+    """The envelope carries a major version this consumer cannot read."""
+
+
+def encode(event: Event) -> bytes:
+    """Wire form of an event: compact UTF-8 JSON with the envelope fields."""
+    return event.model_dump_json(by_alias=True).encode("utf-8")
+
+
+def event_key(event: Event) -> bytes:
+    """Kafka key of an event: the model name, so that ordering per model is kept."""
+    model = getattr(event, "model", None)
+    if not isinstance(model, str):
+        raise TypeError(f"{type(event).__name__} has no model name to key by")
+    return model.encode("utf-8")
+
+
+@overload
+def decode(raw: bytes | str | dict[str, object]) -> Event: ...
+@overload
+def decode(raw: bytes | str | dict[str, object], expected: type[E]) -> E: ...
+
+
+def decode(raw: bytes | str | dict[str, object], expected: type[Event] | None = None) -> Event:
+    """Parse one message; `expected` narrows the accepted event type."""
+    if isinstance(raw, dict):
+        data = raw
+    else:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EventDecodeError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EventDecodeError("event must be a JSON object")
+    schema = data.get("schema")
+    if not isinstance(schema, str):
+        raise EventDecodeError("envelope field 'schema' is missing")
+    try:
+        name, major = parse_schema_id(schema)
+    except ValueError as exc:
+        raise EventDecodeError(str(exc)) from exc
+    cls = _BY_NAME.get(name)
+    if cls is None:
+        raise UnknownEventSchema(f"unknown event schema {name!r}")
+    if expected is not None and cls is not expected:
+        raise UnknownEventSchema(f"expected {expected.SCHEMA_NAME!r}, got {name!r}")
+    if major != cls.SCHEMA_MAJOR:
+        raise UnsupportedSchemaVersion(
+            f"{name} v{major} is not supported by this consumer (reads v{cls.SCHEMA_MAJOR})"
+        )
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise EventDecodeError(f"invalid {name}: {exc}") from exc

@@ -1,0 +1,31 @@
+"""Kafka topic names: the one place they are spelled. Every topic is keyed by model name."""
+
+from __future__ import annotations
+
+from events.envelope import Event
+from events.models import (
+    AliasChanged,
+    CanaryDecision,
+    DatasetPublished,
+    FeedbackRecorded,
+    InferenceRecorded,
+    RetrainingRequested,
+)
+
+ALIAS_CHANGED = "flywheel.registry.alias-changed"
+INFERENCES = "flywheel.serving.inferences"
+FEEDBACK_RECORDED = "flywheel.feedback.recorded"
+CANARY_DECISIONS = "flywheel.canary.decisions"
+DATASETS_PUBLISHED = "flywheel.datasets.published"
+RETRAINING_REQUESTED = "flywheel.retraining.requested"
+
+TOPIC_OF: dict[type[Event], str] = {
+    AliasChanged: ALIAS_CHANGED,
+    InferenceRecorded: INFERENCES,
+    FeedbackRecorded: FEEDBACK_RECORDED,
+    CanaryDecision: CANARY_DECISIONS,
+    DatasetPublished: DATASETS_PUBLISHED,
+    RetrainingRequested: RETRAINING_REQUESTED,
+}
+
+ALL_TOPICS: tuple[str, ...] = tuple(TOPIC_OF.values())

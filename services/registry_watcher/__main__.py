@@ -1,0 +1,3 @@
+from services.registry_watcher.main import run
+
+run()

@@ -1,0 +1,113 @@
+"""Flywheel's alias state in Redis, changed only by an atomic compare-and-set that also fills the outbox.
+
+Per model, a hash holds `alias -> version` plus a revision counter `__rev`. A writer (webhook or poller)
+reads a snapshot, decides what changed and commits *conditionally on the revision it read*: a Lua
+script checks the revision, applies the alias changes, appends the encoded events to the model's outbox
+list and bumps the revision in one atomic step. So a change seen by both the webhook and the poller is
+committed once, `previous_version` is exactly the value it replaced, and no event is lost between the
+state write and Kafka (the outbox is drained to Kafka by `outbox.OutboxRelay`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from events import AliasChanged, encode
+from services.shared.redis_store import RedisKeys
+
+REV_FIELD = "__rev"
+
+_COMMIT_LUA = """
+local current = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
+if current ~= ARGV[2] then return -1 end
+local i = 4
+while i <= #ARGV do
+  local alias, version, event = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if version == '' then redis.call('HDEL', KEYS[1], alias) else redis.call('HSET', KEYS[1], alias, version) end
+  redis.call('RPUSH', KEYS[2], event)
+  i = i + 3
+end
+local rev = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[3])
+return rev
+"""
+
+_ACK_LUA = """
+redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1)
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return redis.call('LLEN', KEYS[1])
+"""
+
+
+@dataclass(frozen=True)
+class AliasSnapshot:
+    model: str
+    rev: str
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+class AliasStateStore:
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._commit = redis.register_script(_COMMIT_LUA)
+        self._ack = redis.register_script(_ACK_LUA)
+
+    async def snapshot(self, model: str) -> AliasSnapshot:
+        raw = await self._redis.hgetall(self._keys.alias_state(model))
+        return self._to_snapshot(model, raw)
+
+    async def snapshots(self, models: Iterable[str]) -> dict[str, AliasSnapshot]:
+        names = sorted(set(models))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self._keys.alias_state(name))
+            raws = await pipe.execute()
+        return {name: self._to_snapshot(name, raw) for name, raw in zip(names, raws, strict=True)}
+
+    @staticmethod
+    def _to_snapshot(model: str, raw: dict[str, str]) -> AliasSnapshot:
+        rev = raw.pop(REV_FIELD, "0")
+        return AliasSnapshot(model=model, rev=rev, aliases=raw)
+
+    async def known_models(self) -> set[str]:
+        return set(await self._redis.smembers(self._keys.alias_state_models()))
+
+    async def commit(self, snapshot: AliasSnapshot, events: Sequence[AliasChanged]) -> bool:
+        """Apply `events` iff the state is still at `snapshot.rev`; False when someone else won."""
+        if not events:
+            return True
+        args: list[str] = [REV_FIELD, snapshot.rev, snapshot.model]
+        for event in events:
+            if event.model != snapshot.model:
+                raise ValueError("all events of one commit must belong to the snapshot's model")
+            args += [event.alias, event.version or "", encode(event).decode("utf-8")]
+        keys = [
+            self._keys.alias_state(snapshot.model),
+            self._keys.outbox(snapshot.model),
+            self._keys.outbox_pending(),
+            self._keys.alias_state_models(),
+        ]
+        result = await self._commit(keys=keys, args=args)
+        return int(result) >= 0
+
+    # --- outbox --------------------------------------------------------------------------------
+    async def pending_models(self) -> set[str]:
+        return set(await self._redis.smembers(self._keys.outbox_pending()))
+
+    async def outbox(self, model: str, limit: int = 500) -> list[str]:
+        return list(await self._redis.lrange(self._keys.outbox(model), 0, limit - 1))
+
+    async def ack(self, model: str, count: int) -> int:
+        """Drop the `count` oldest outbox entries (published); returns how many remain."""
+        keys = [self._keys.outbox(model), self._keys.outbox_pending()]
+        return int(await self._ack(keys=keys, args=[count, model]))
+
+    def lock(self, model: str, timeout_s: float) -> aioredis.lock.Lock:
+        return self._redis.lock(
+            self._keys.outbox_lock(model), timeout=timeout_s * 2, blocking_timeout=timeout_s
+        )

@@ -1,0 +1,210 @@
+"""HTTP entrypoint of the registry watcher: the signed webhook endpoint, health, readiness, metrics.
+
+Status codes are part of the contract with MLflow's delivery: 2xx only once Kafka acknowledged the
+event; 503 while Kafka or Redis is unreachable (MLflow retries on 5xx/429); 401 for missing, bad or
+stale signatures; 400/422 for bodies that are not a usable payload; 413 above the size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from redis.exceptions import LockError, RedisError
+
+from events import AliasSource
+from services.registry_watcher import metrics
+from services.registry_watcher.alias_state import AliasStateStore
+from services.registry_watcher.core.signature import RejectReason, SignatureRejected, verify
+from services.registry_watcher.core.webhook import IgnoredEvent, PayloadError, parse_payload
+from services.registry_watcher.outbox import OutboxRelay
+from services.registry_watcher.poller import RegistryPoller
+from services.registry_watcher.recorder import AliasChangeRecorder, ConcurrentChange
+from services.registry_watcher.settings import WatcherSettings
+from services.shared.http_ops import ReadinessCheck, add_ops_routes
+from services.shared.kafka.profile import profile_named
+from services.shared.kafka.publisher import KafkaPublisher, PublishError
+from services.shared.mlflow_registry import RegistryAdapter
+from services.shared.redis_store import RedisKeys, async_redis
+from services.shared.settings import redact_url
+from services.shared.stages import StageAliases
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "x-mlflow-signature"
+TIMESTAMP_HEADER = "x-mlflow-timestamp"
+DELIVERY_HEADER = "x-mlflow-delivery-id"
+
+
+@dataclass
+class Watcher:
+    """Everything the endpoint needs, built once per process in the lifespan."""
+
+    settings: WatcherSettings
+    redis: Redis
+    keys: RedisKeys
+    state: AliasStateStore
+    publisher: KafkaPublisher
+    relay: OutboxRelay
+    recorder: AliasChangeRecorder
+    poller: RegistryPoller
+
+
+def build_watcher(settings: WatcherSettings) -> Watcher:
+    redis = async_redis(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix)
+    state = AliasStateStore(redis, keys)
+    publisher = KafkaPublisher(
+        settings.kafka_bootstrap_servers,
+        profile_named(settings.kafka_profile),
+        client_id="flywheel-registry-watcher",
+        timeout_s=settings.publish_timeout_s,
+    )
+    relay = OutboxRelay(state, publisher, timeout_s=settings.publish_timeout_s)
+    recorder = AliasChangeRecorder(state, relay, registry_uri=redact_url(settings.mlflow_tracking_uri))
+    poller = RegistryPoller(
+        RegistryAdapter(settings.mlflow_tracking_uri),
+        state,
+        recorder,
+        watched=settings.watches,
+        models=settings.models,
+        stage_mode=settings.poll_stages,
+        stage_aliases=StageAliases(settings.champion_alias, settings.challenger_alias),
+    )
+    return Watcher(settings, redis, keys, state, publisher, relay, recorder, poller)
+
+
+def _error(status: int, error: str, detail: str, **extra: object) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status, headers=headers)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it exceeds `limit` bytes (checked before and while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: WatcherSettings | None = None, *, background: bool = True) -> FastAPI:
+    """The watcher app; `background=False` skips the poller and outbox loops (unit/property tests)."""
+    settings = settings or WatcherSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watcher = build_watcher(settings)
+        app.state.watcher = watcher
+        if watcher.settings.webhook_secret is None:
+            log.warning("FLYWHEEL_WEBHOOK_SECRET is not set: every webhook delivery will be refused (401)")
+        tasks = []
+        if background:
+            tasks.append(asyncio.create_task(watcher.relay.run(settings.outbox_interval_s)))
+            if settings.poll_interval_s > 0:
+                tasks.append(asyncio.create_task(watcher.poller.run(settings.poll_interval_s)))
+        log.info("registry watcher started with %s", settings.safe_summary())
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await asyncio.to_thread(watcher.publisher.close)
+            await watcher.redis.aclose()
+
+    app = FastAPI(title="Flywheel registry watcher", version="1", lifespan=lifespan)
+
+    @app.post("/webhooks/mlflow")
+    async def mlflow_webhook(request: Request) -> JSONResponse:
+        watcher: Watcher = request.app.state.watcher
+        cfg = watcher.settings
+        metrics.RECEIVED.inc()
+        body = await _read_limited(request, cfg.webhook_max_body_bytes)
+        if body is None:
+            metrics.REJECTED.labels(reason="too_large").inc()
+            return _error(413, "too_large", f"body exceeds {cfg.webhook_max_body_bytes} bytes")
+        if cfg.webhook_secret is None:
+            metrics.REJECTED.labels(reason="no_secret_configured").inc()
+            return _error(401, "no_secret_configured", "the receiver has no FLYWHEEL_WEBHOOK_SECRET")
+        try:
+            delivery = verify(
+                secret=cfg.webhook_secret.get_secret_value(),
+                body=body,
+                signature=request.headers.get(SIGNATURE_HEADER),
+                timestamp=request.headers.get(TIMESTAMP_HEADER),
+                delivery_id=request.headers.get(DELIVERY_HEADER),
+                now=time.time(),
+                tolerance_s=cfg.webhook_tolerance_s,
+            )
+        except SignatureRejected as exc:
+            metrics.REJECTED.labels(reason=exc.reason.value).inc()
+            return _error(401, exc.reason.value, exc.detail)
+        metrics.VERIFIED.inc()
+
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            metrics.REJECTED.labels(reason="malformed_json").inc()
+            return _error(400, "malformed_json", f"body is not JSON: {exc}")
+        try:
+            parsed = parse_payload(document)
+        except PayloadError as exc:
+            metrics.REJECTED.labels(reason="invalid_payload").inc()
+            return _error(422, "invalid_payload", str(exc), field=exc.field)
+
+        delivery_key = watcher.keys.webhook_delivery(delivery.delivery_id)
+        try:
+            if await watcher.redis.exists(delivery_key):
+                metrics.DEDUP_HITS.labels(kind="delivery").inc()
+                return JSONResponse({"status": "duplicate_delivery"}, status_code=200)
+            if isinstance(parsed, IgnoredEvent):
+                metrics.IGNORED.labels(kind=parsed.kind).inc()
+                status = {"status": "ignored", "event": parsed.kind}
+            elif not cfg.watches(parsed.model):
+                metrics.IGNORED.labels(kind="unwatched_model").inc()
+                status = {"status": "ignored", "event": "unwatched_model"}
+            else:
+                result = await watcher.recorder.record(parsed, AliasSource.WEBHOOK)
+                status = {
+                    "status": "published" if result.committed else "unchanged",
+                    "event_ids": [e.event_id for e in result.committed],
+                }
+            await watcher.redis.set(delivery_key, "1", ex=cfg.webhook_delivery_ttl_s)
+        except (PublishError, LockError) as exc:
+            return _error(503, "kafka_unavailable", f"event not acknowledged by Kafka yet: {exc}")
+        except RedisError as exc:
+            return _error(503, "redis_unavailable", f"alias state unavailable: {exc!r}")
+        except ConcurrentChange as exc:
+            return _error(503, "busy", str(exc))
+        return JSONResponse(status, status_code=200)
+
+    def readiness() -> dict[str, ReadinessCheck]:
+        watcher: Watcher = app.state.watcher
+
+        async def kafka() -> bool:
+            return await asyncio.to_thread(watcher.publisher.connected)
+
+        return {"redis": watcher.redis.ping, "kafka": kafka}
+
+    add_ops_routes(app, readiness)
+    return app
+
+
+__all__ = ["RejectReason", "Watcher", "build_watcher", "create_app"]

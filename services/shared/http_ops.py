@@ -1,0 +1,47 @@
+"""Operational endpoints every HTTP service exposes: /healthz, /readyz, /metrics.
+
+Readiness runs the service's dependency checks (each an async callable returning None or raising) and
+answers 503 naming the dependency that is down, so orchestrators route traffic only to ready replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+ReadinessCheck = Callable[[], Awaitable[object]]
+
+
+def add_ops_routes(
+    app: FastAPI,
+    checks: Callable[[], Mapping[str, ReadinessCheck]],
+    registry: CollectorRegistry = REGISTRY,
+    timeout_s: float = 2.0,
+) -> None:
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        """Readiness: every dependency check passed."""
+        results: dict[str, str] = {}
+        for name, check in checks().items():
+            try:
+                outcome = await asyncio.wait_for(check(), timeout=timeout_s)
+            except Exception as exc:
+                results[name] = f"unavailable: {type(exc).__name__}"
+            else:
+                results[name] = "ok" if outcome is not False else "unavailable"
+        ready = all(v == "ok" for v in results.values())
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> PlainTextResponse:
+        """Prometheus exposition."""
+        return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)

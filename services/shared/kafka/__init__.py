@@ -1,0 +1,1 @@
+"""Kafka adapters: broker profiles, the event publisher, topic administration and consumers."""

@@ -1,0 +1,78 @@
+"""Redis connection factory and the key layout shared by all services (one place for key names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+
+
+def async_redis(url: str, *, timeout_s: float = 2.0) -> aioredis.Redis:
+    """An asyncio client with bounded timeouts, so a dead Redis fails fast instead of hanging a request."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=15,
+        decode_responses=True,
+    )
+
+
+def sync_redis(url: str, *, timeout_s: float = 2.0) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=15,
+        decode_responses=True,
+    )
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Every Redis key Flywheel writes, under one prefix (`FLYWHEEL_REDIS_PREFIX`)."""
+
+    prefix: str = "flywheel"
+
+    # registry watcher
+    def alias_state(self, model: str) -> str:
+        """Hash alias -> version: what the watcher last published for `model`."""
+        return f"{self.prefix}:watcher:aliases:{model}"
+
+    def alias_state_models(self) -> str:
+        return f"{self.prefix}:watcher:models"
+
+    def outbox(self, model: str) -> str:
+        """List of encoded AliasChanged events not yet acknowledged by Kafka, oldest first."""
+        return f"{self.prefix}:watcher:outbox:{model}"
+
+    def outbox_pending(self) -> str:
+        """Set of models whose outbox is not empty."""
+        return f"{self.prefix}:watcher:outbox-pending"
+
+    def outbox_lock(self, model: str) -> str:
+        return f"{self.prefix}:watcher:outbox-lock:{model}"
+
+    def webhook_delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}:watcher:delivery:{delivery_id}"
+
+    # cache invalidation / gateway
+    def resolution(self, model: str) -> str:
+        """Hash alias -> JSON {version, event_id, occurred_at}: the alias resolution cache."""
+        return f"{self.prefix}:resolution:{model}"
+
+    def resolution_models(self) -> str:
+        return f"{self.prefix}:resolution:models"
+
+    def reload_channel(self) -> str:
+        return f"{self.prefix}:reload"
+
+    def traffic_split(self, model: str) -> str:
+        return f"{self.prefix}:traffic:{model}"
+
+    def request_log(self, request_id: str) -> str:
+        return f"{self.prefix}:request:{request_id}"
+
+    def feedback_seen(self, request_id: str, user_id: str) -> str:
+        return f"{self.prefix}:feedback-seen:{request_id}:{user_id}"

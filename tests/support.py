@@ -1,0 +1,132 @@
+"""Helpers shared by the integration and e2e tests: reading topics, running services, signing webhooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+
+from events import Event, decode
+from services.registry_watcher.core.signature import sign
+from services.shared.embedded.process import ManagedProcess, free_port
+from services.shared.embedded.stack import Endpoints
+from services.shared.kafka.profile import profile_named
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+class TopicReader:
+    """Reads a topic from the beginning (no consumer group) and keeps the events of chosen models."""
+
+    def __init__(self, endpoints: Endpoints, topic: str) -> None:
+        profile = profile_named(endpoints.kafka_profile)
+        extra = {k: v for k, v in profile.kafka_python_consumer.items() if k == "fetch_max_wait_ms"}
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=endpoints.kafka_bootstrap_servers.split(","),
+            enable_auto_commit=False,
+            group_id=None,
+            consumer_timeout_ms=200,
+            **extra,
+        )
+        self.topic = topic
+        partitions = self.consumer.partitions_for_topic(topic) or {0}
+        self.tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self.consumer.assign(self.tps)
+        self.consumer.seek_to_beginning(*self.tps)
+        self.seen: list[tuple[bytes | None, Event, float]] = []
+
+    def poll(self) -> None:
+        for batch in self.consumer.poll(timeout_ms=100).values():
+            for record in batch:
+                self.seen.append((record.key, decode(record.value), time.time()))
+
+    def events(self, where: Callable[[Event], bool]) -> list[Event]:
+        return [e for _, e, _ in self.seen if where(e)]
+
+    def wait_for(self, where: Callable[[Event], bool], count: int, timeout_s: float = 20.0) -> list[Event]:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            self.poll()
+            found = self.events(where)
+            if len(found) >= count:
+                return found
+        return self.events(where)
+
+    def settle(self, seconds: float) -> None:
+        """Keep reading for a while (to prove that nothing *more* arrives)."""
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            self.poll()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def http_get_json(url: str, timeout_s: float = 2.0) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return http_get_json(url, 1.0)[0] == 200
+    except Exception:
+        return False
+
+
+def start_service(
+    name: str,
+    endpoints: Endpoints,
+    workdir: Path,
+    extra_env: Mapping[str, str],
+    port_var: str | None = None,
+    health_path: str = "/healthz",
+    timeout_s: float = 60.0,
+) -> tuple[ManagedProcess, int | None]:
+    """Run `flywheel run <name>` as a subprocess pointed at `endpoints`."""
+    env = {**os.environ, **endpoints.env(), **extra_env}
+    port = None
+    if port_var:
+        port = int(env.get(port_var) or free_port())
+        env[port_var] = str(port)
+    argv = [sys.executable, "-m", "services.cli.main", "run", name]
+    proc = ManagedProcess(name, argv, log_path=workdir / f"{name}-{port or 'worker'}.log", env=env, cwd=ROOT)
+    proc.start()
+    if port is not None:
+        proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}{health_path}"), timeout_s)
+    return proc, port
+
+
+def signed_headers(secret: str, body: bytes, *, delivery_id: str | None = None, ts: int | None = None) -> dict[str, str]:
+    delivery_id = delivery_id or str(uuid.uuid4())
+    timestamp = str(ts if ts is not None else int(time.time()))
+    return {
+        "Content-Type": "application/json",
+        "X-MLflow-Delivery-Id": delivery_id,
+        "X-MLflow-Timestamp": timestamp,
+        "X-MLflow-Signature": sign(secret, delivery_id, timestamp, body),
+    }
+
+
+def alias_payload(model: str, alias: str, version: str | None) -> bytes:
+    action = "created" if version is not None else "deleted"
+    data = {"name": model, "alias": alias}
+    if version is not None:
+        data["version"] = version
+    return json.dumps(
+        {"entity": "model_version_alias", "action": action, "timestamp": "2026-01-01T00:00:00+00:00", "data": data}
+    ).encode()
