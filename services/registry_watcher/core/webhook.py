@@ -8,6 +8,7 @@ published: the previous version of a moved alias comes from Flywheel's own alias
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +26,27 @@ class WebhookEnvelope(BaseModel):
     data: dict[str, Any]
 
 
-class AliasCreatedData(BaseModel):
+def _printable_text(value: str) -> str:
+    """Names travel as Kafka keys and Redis keys: valid UTF-8 without control characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text") from None
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+class AliasDeletedData(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(min_length=1, max_length=256)
     alias: str = Field(min_length=1, max_length=256)
+
+    _text = field_validator("name", "alias")(_printable_text)
+
+
+class AliasCreatedData(AliasDeletedData):
     version: str = Field(min_length=1, max_length=32)
 
     @field_validator("version", mode="before")
@@ -42,16 +59,9 @@ class AliasCreatedData(BaseModel):
     @field_validator("version")
     @classmethod
     def _numeric(cls, value: str) -> str:
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise ValueError("version must be a positive integer")
         return value
-
-
-class AliasDeletedData(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    name: str = Field(min_length=1, max_length=256)
-    alias: str = Field(min_length=1, max_length=256)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,16 @@ def _first_error(exc: ValidationError, prefix: str) -> PayloadError:
     return PayloadError(f"{prefix}{location}" if location else prefix.rstrip("."), err["msg"])
 
 
+_KIND_RE = re.compile(r"^[a-z_]{1,50}$")
+
+
+def _kind(entity: str, action: str) -> str:
+    """Metric label for an ignored event; bounded to MLflow-like names so labels cannot explode."""
+    if _KIND_RE.match(entity) and _KIND_RE.match(action):
+        return f"{entity}.{action}"
+    return "unknown"
+
+
 def parse_payload(document: Any) -> AliasObservation | IgnoredEvent:
     """Interpret a decoded JSON body; raises `PayloadError` naming the field that is wrong."""
     if not isinstance(document, dict):
@@ -94,7 +114,7 @@ def parse_payload(document: Any) -> AliasObservation | IgnoredEvent:
     except ValidationError as exc:
         raise _first_error(exc, "") from None
     if envelope.entity != ALIAS_ENTITY:
-        return IgnoredEvent(f"{envelope.entity}.{envelope.action}")
+        return IgnoredEvent(_kind(envelope.entity, envelope.action))
     if envelope.action == "created":
         try:
             created = AliasCreatedData.model_validate(envelope.data)
@@ -107,4 +127,4 @@ def parse_payload(document: Any) -> AliasObservation | IgnoredEvent:
         except ValidationError as exc:
             raise _first_error(exc, "data.") from None
         return AliasObservation(deleted.name, deleted.alias, None)
-    return IgnoredEvent(f"{envelope.entity}.{envelope.action}")
+    return IgnoredEvent(_kind(envelope.entity, envelope.action))

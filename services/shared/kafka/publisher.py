@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,15 @@ from events import TOPIC_OF, Event, encode, event_key
 from services.shared.kafka.profile import BrokerProfile
 
 log = logging.getLogger(__name__)
+
+
+def broker_reachable(server: str, timeout_s: float = 1.0) -> bool:
+    host, _, port = server.strip().rpartition(":")
+    try:
+        with socket.create_connection((host or "localhost", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class PublishError(RuntimeError):
@@ -72,6 +82,7 @@ class KafkaPublisher:
                     "acks": "all",
                     "enable_idempotence": True,
                     "max_block_ms": timeout_ms,
+                    "bootstrap_timeout_ms": timeout_ms,
                     "request_timeout_ms": max(timeout_ms, 1000),
                     "delivery_timeout_ms": max(timeout_ms, 1000) + 1000,
                     "reconnect_backoff_max_ms": 1000,
@@ -118,10 +129,8 @@ class KafkaPublisher:
         return await self.publish([Record.of(e) for e in events])
 
     def connected(self) -> bool:
-        try:
-            return bool(self._get().bootstrap_connected())
-        except PublishError:
-            return False
+        """Readiness probe: a bootstrap broker accepts TCP connections."""
+        return any(broker_reachable(server) for server in self._bootstrap.split(","))
 
     def close(self) -> None:
         self._reset()
