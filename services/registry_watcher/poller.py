@@ -62,7 +62,8 @@ class RegistryPoller:
                     ((vs.version, vs.stage) for vs in self._registry.version_stages(model)),
                     self._stage_aliases,
                 )
-                from_stages[model] = {a for a in derived if a not in aliases}
+                # Managed aliases not set for real are decided by stages (also when they vanish).
+                from_stages[model] = {a for a in self._stage_aliases.managed if a not in aliases}
                 observed[model] = {**derived, **aliases}
         return observed, from_stages
 

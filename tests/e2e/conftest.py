@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+from mlflow import MlflowClient
+
+from events import ALIAS_CHANGED
+from services.shared.embedded.stack import Endpoints
+from tests.support import TopicReader, unique
+
+pytestmark = pytest.mark.e2e
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(stack: Endpoints, stack_env: dict[str, str]) -> MlflowClient:
+    return MlflowClient(tracking_uri=stack.mlflow_tracking_uri)
+
+
+@pytest.fixture()
+def make_model(mlflow_client: MlflowClient) -> Callable[[int], str]:
+    """Register a model with N versions (registry entries only) and return its unique name."""
+
+    def make(versions: int = 3, prefix: str = "e2e") -> str:
+        name = unique(prefix)
+        mlflow_client.create_registered_model(name)
+        for _ in range(versions):
+            mlflow_client.create_model_version(name, source="s3://flywheel-tests/model", run_id=None)
+        return name
+
+    return make
+
+
+@pytest.fixture()
+def alias_topic(stack: Endpoints) -> Iterator[TopicReader]:
+    reader = TopicReader(stack, ALIAS_CHANGED)
+    yield reader
+    reader.close()
