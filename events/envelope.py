@@ -68,7 +68,7 @@ class Event(BaseModel):
 
 def schema_field(name: str, major: int = 1) -> str:
     """The `schema` envelope field of one event type: defaulted, and validated to its name/major."""
-    return Field(  # type: ignore[no-any-return]
+    return Field(
         default=f"{name}/v{major}",
         alias="schema",
         pattern=rf"^{re.escape(name)}/v{major}(\.\d+)?$",

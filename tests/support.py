@@ -111,7 +111,9 @@ def start_service(
     return proc, port
 
 
-def signed_headers(secret: str, body: bytes, *, delivery_id: str | None = None, ts: int | None = None) -> dict[str, str]:
+def signed_headers(
+    secret: str, body: bytes, *, delivery_id: str | None = None, ts: int | None = None
+) -> dict[str, str]:
     delivery_id = delivery_id or str(uuid.uuid4())
     timestamp = str(ts if ts is not None else int(time.time()))
     return {
@@ -128,5 +130,10 @@ def alias_payload(model: str, alias: str, version: str | None) -> bytes:
     if version is not None:
         data["version"] = version
     return json.dumps(
-        {"entity": "model_version_alias", "action": action, "timestamp": "2026-01-01T00:00:00+00:00", "data": data}
+        {
+            "entity": "model_version_alias",
+            "action": action,
+            "timestamp": "2026-01-01T00:00:00+00:00",
+            "data": data,
+        }
     ).encode()

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from services.cli import runners
+from services.shared.settings import redact_url
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 webhook_app = typer.Typer(no_args_is_help=True, help="Manage Flywheel's MLflow webhook.")
@@ -31,7 +36,9 @@ def run(service: str = typer.Argument(..., help=f"One of: {', '.join(sorted(runn
 def webhook_register(
     url: str = typer.Option(..., help="URL MLflow calls, e.g. http://watcher:8070/webhooks/mlflow"),
     tracking_uri: str = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help="MLflow server"),
-    secret: str = typer.Option(None, envvar="FLYWHEEL_WEBHOOK_SECRET", help="HMAC secret", show_default=False),
+    secret: str = typer.Option(
+        None, envvar="FLYWHEEL_WEBHOOK_SECRET", help="HMAC secret", show_default=False
+    ),
 ) -> None:
     """Create or update Flywheel's webhook on the MLflow server (idempotent)."""
     from mlflow import MlflowClient
@@ -39,12 +46,77 @@ def webhook_register(
     from services.registry_watcher.webhook_registration import register_webhook
 
     if not tracking_uri:
-        raise typer.BadParameter("set MLFLOW_TRACKING_URI or pass --tracking-uri", param_hint="--tracking-uri")
+        raise typer.BadParameter(
+            "set MLFLOW_TRACKING_URI or pass --tracking-uri", param_hint="--tracking-uri"
+        )
     if not secret:
-        console.print("[yellow]warning:[/] no FLYWHEEL_WEBHOOK_SECRET: deliveries will be unsigned and refused")
+        console.print(
+            "[yellow]warning:[/] no FLYWHEEL_WEBHOOK_SECRET: deliveries will be unsigned and refused"
+        )
     reg = register_webhook(MlflowClient(tracking_uri=tracking_uri), url, secret)
     verb = "created" if reg.created else "updated"
     console.print(f"webhook {reg.webhook_id} {verb}: {reg.url}")
+
+
+@app.command()
+def up(
+    workdir: Path = typer.Option(Path(".flywheel"), help="State, logs and embedded servers' data"),
+    poll_interval: float = typer.Option(None, envvar="FLYWHEEL_POLL_INTERVAL_S", help="Poller interval (s)"),
+) -> None:
+    """Start the whole stack; embedded MLflow/Redis/Kafka for whatever is not configured. Ctrl-C stops it."""
+    from services.cli.stack_runner import StackRunner
+
+    env = dict(os.environ)
+    if poll_interval is not None:
+        env["FLYWHEEL_POLL_INTERVAL_S"] = str(poll_interval)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    runner = StackRunner(workdir.resolve(), env)
+    try:
+        with console.status("starting infrastructure"):
+            endpoints = runner.start_infrastructure()
+        with console.status("starting services"):
+            watcher = runner.start_watcher()
+        table = Table(title="Flywheel is up", show_header=False)
+        table.add_row("MLflow", endpoints.mlflow_tracking_uri)
+        table.add_row("Kafka", f"{endpoints.kafka_bootstrap_servers} ({endpoints.kafka_profile} profile)")
+        table.add_row("Redis", redact_url(endpoints.redis_url))
+        table.add_row("registry watcher", f"{watcher.url}  (webhook: {watcher.url}/webhooks/mlflow)")
+        for name, svc in runner.services.items():
+            if svc.url and name != "registry-watcher":
+                table.add_row(name, svc.url)
+        table.add_row("started here", ", ".join(endpoints.started) or "nothing (all configured)")
+        table.add_row("logs", str(workdir.resolve() / "logs"))
+        Console().print(table)
+        console.print("press Ctrl-C to stop")
+        while not stopping.wait(0.5):
+            for name, svc in runner.services.items():
+                if not svc.process.alive():
+                    console.print(f"[red]{name} exited[/]; see {svc.process.log_path}")
+                    raise typer.Exit(1)
+    finally:
+        console.print("stopping")
+        runner.stop()
+
+
+def _print_json(doc: object) -> None:
+    import json
+
+    typer.echo(json.dumps(doc, indent=2))
+
+
+@bench_app.command("webhook")
+def bench_webhook(
+    changes: int = typer.Option(200, min=100, help="Alias moves measured on the webhook path"),
+    poller_changes: int = typer.Option(30, min=5, help="Alias moves measured on the poller-only path"),
+    poll_interval: float = typer.Option(1.0, help="Poll interval of the poller-only run (s)"),
+    workdir: Path = typer.Option(Path(".flywheel/bench-webhook")),
+) -> None:
+    """Alias write in MLflow -> event on Kafka: p50/p95/p99, webhook path and poller path."""
+    from benchmarks.webhook import run as run_bench
+
+    _print_json(run_bench(changes, poller_changes, poll_interval, workdir.resolve()))
 
 
 def main() -> None:

@@ -16,4 +16,4 @@ def entrypoint(name: str) -> Callable[[], None]:
     except KeyError:
         raise ValueError(f"unknown service {name!r}; known: {', '.join(sorted(SERVICES))}") from None
     module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), func)

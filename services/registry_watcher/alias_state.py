@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -26,7 +27,8 @@ if current ~= ARGV[2] then return -1 end
 local i = 4
 while i <= #ARGV do
   local alias, version, event = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if version == '' then redis.call('HDEL', KEYS[1], alias) else redis.call('HSET', KEYS[1], alias, version) end
+  if version == '' then redis.call('HDEL', KEYS[1], alias)
+  else redis.call('HSET', KEYS[1], alias, version) end
   redis.call('RPUSH', KEYS[2], event)
   i = i + 3
 end
@@ -58,7 +60,7 @@ class AliasStateStore:
         self._ack = redis.register_script(_ACK_LUA)
 
     async def snapshot(self, model: str) -> AliasSnapshot:
-        raw = await self._redis.hgetall(self._keys.alias_state(model))
+        raw = cast(dict[str, str], await self._redis.hgetall(self._keys.alias_state(model)))
         return self._to_snapshot(model, raw)
 
     async def snapshots(self, models: Iterable[str]) -> dict[str, AliasSnapshot]:
@@ -75,7 +77,7 @@ class AliasStateStore:
         return AliasSnapshot(model=model, rev=rev, aliases=raw)
 
     async def known_models(self) -> set[str]:
-        return set(await self._redis.smembers(self._keys.alias_state_models()))
+        return cast(set[str], await self._redis.smembers(self._keys.alias_state_models()))
 
     async def commit(self, snapshot: AliasSnapshot, events: Sequence[AliasChanged]) -> bool:
         """Apply `events` iff the state is still at `snapshot.rev`; False when someone else won."""
@@ -97,10 +99,10 @@ class AliasStateStore:
 
     # --- outbox --------------------------------------------------------------------------------
     async def pending_models(self) -> set[str]:
-        return set(await self._redis.smembers(self._keys.outbox_pending()))
+        return cast(set[str], await self._redis.smembers(self._keys.outbox_pending()))
 
     async def outbox(self, model: str, limit: int = 500) -> list[str]:
-        return list(await self._redis.lrange(self._keys.outbox(model), 0, limit - 1))
+        return cast(list[str], await self._redis.lrange(self._keys.outbox(model), 0, limit - 1))
 
     async def ack(self, model: str, count: int) -> int:
         """Drop the `count` oldest outbox entries (published); returns how many remain."""

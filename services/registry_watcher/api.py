@@ -176,7 +176,7 @@ def create_app(settings: WatcherSettings | None = None, *, background: bool = Tr
                 return JSONResponse({"status": "duplicate_delivery"}, status_code=200)
             if isinstance(parsed, IgnoredEvent):
                 metrics.IGNORED.labels(kind=parsed.kind).inc()
-                status = {"status": "ignored", "event": parsed.kind}
+                status: dict[str, object] = {"status": "ignored", "event": parsed.kind}
             elif not cfg.watches(parsed.model):
                 metrics.IGNORED.labels(kind="unwatched_model").inc()
                 status = {"status": "ignored", "event": "unwatched_model"}

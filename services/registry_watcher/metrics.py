@@ -17,12 +17,15 @@ DEDUP_HITS = Counter(
     "Changes not published again: repeated delivery id, or alias already in that state",
     ["kind"],
 )
-PUBLISHED = Counter("flywheel_watcher_events_published_total", "AliasChanged events acked by Kafka", ["source"])
+PUBLISHED = Counter(
+    "flywheel_watcher_events_published_total", "AliasChanged events acked by Kafka", ["source"]
+)
 PUBLISH_FAILURES = Counter("flywheel_watcher_publish_failures_total", "Kafka publish attempts that failed")
 POLLS = Counter("flywheel_watcher_polls_total", "Completed poll cycles")
 POLL_ERRORS = Counter("flywheel_watcher_poll_errors_total", "Poll cycles that failed")
 POLL_DURATION = Histogram(
-    "flywheel_watcher_poll_duration_seconds", "Duration of one poll cycle",
+    "flywheel_watcher_poll_duration_seconds",
+    "Duration of one poll cycle",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 POLL_LAG = Gauge(

@@ -47,8 +47,12 @@ class OutboxRelay:
                     published.append(event)
                     log.info(
                         "published AliasChanged %s@%s %s -> %s (%s, %s)",
-                        event.model, event.alias, event.previous_version, event.version,
-                        event.source.value, event.event_id,
+                        event.model,
+                        event.alias,
+                        event.previous_version,
+                        event.version,
+                        event.source.value,
+                        event.event_id,
                     )
 
     async def flush_all(self) -> int:

@@ -13,7 +13,9 @@ class WatcherSettings(FlywheelSettings):
     )
     webhook_tolerance_s: int = Field(default=300, ge=1, description="Max clock skew of X-MLflow-Timestamp.")
     webhook_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    webhook_delivery_ttl_s: int = Field(default=3600, ge=1, description="How long delivery ids are remembered.")
+    webhook_delivery_ttl_s: int = Field(
+        default=3600, ge=1, description="How long delivery ids are remembered."
+    )
     poll_interval_s: float = Field(default=10.0, ge=0, description="0 disables the poller.")
     poll_stages: bool = Field(default=False, description="Map registry stages to alias events.")
     watcher_host: str = "127.0.0.1"

@@ -7,6 +7,7 @@ so running the command twice leaves one webhook.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities.webhook import WebhookEvent, WebhookStatus
@@ -25,7 +26,7 @@ class Registration:
 def register_webhook(
     client: MlflowClient, url: str, secret: str | None, name: str = WEBHOOK_NAME
 ) -> Registration:
-    events = [WebhookEvent.from_str(e) for e in ALIAS_EVENTS]
+    events: list[Any] = [WebhookEvent(*e.split(".")) for e in ALIAS_EVENTS]
     existing = None
     token = None
     while existing is None:

@@ -8,9 +8,7 @@ import sys
 
 def configure_logging(level: str = "INFO", service: str = "flywheel") -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s")
-    )
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -95,7 +95,10 @@ EXPECTED = [
 
 
 def test_webhook_path_one_event_per_change_in_order(
-    mlflow_client: MlflowClient, make_model, watcher_factory, alias_topic: TopicReader  # type: ignore[no-untyped-def]
+    mlflow_client: MlflowClient,
+    make_model,
+    watcher_factory,
+    alias_topic: TopicReader,  # type: ignore[no-untyped-def]
 ) -> None:
     model = make_model(3)
     watcher = watcher_factory([model], poll_s=2.0)
@@ -119,14 +122,21 @@ def test_webhook_path_one_event_per_change_in_order(
 
 
 def test_poller_alone_publishes_each_change_once(
-    mlflow_client: MlflowClient, make_model, watcher_factory, alias_topic: TopicReader  # type: ignore[no-untyped-def]
+    mlflow_client: MlflowClient,
+    make_model,
+    watcher_factory,
+    alias_topic: TopicReader,  # type: ignore[no-untyped-def]
 ) -> None:
     model = make_model(3)
     watcher = watcher_factory([model])
     hook(mlflow_client, watcher.url, active=False)  # webhook disabled: poller only
     steps = [
-        ("set", "champion", "1"), ("set", "champion", "2"), ("delete", "champion", None),
-        ("set", "challenger", "1"), ("set", "challenger", "2"), ("set", "challenger", "1"),
+        ("set", "champion", "1"),
+        ("set", "champion", "2"),
+        ("delete", "champion", None),
+        ("set", "challenger", "1"),
+        ("set", "challenger", "2"),
+        ("set", "challenger", "1"),
     ]
     for op, alias, version in steps:
         if op == "set":
@@ -142,7 +152,10 @@ def test_poller_alone_publishes_each_change_once(
 
 
 def test_poller_catches_up_on_changes_made_while_the_receiver_was_down(
-    mlflow_client: MlflowClient, make_model, watcher_factory, alias_topic: TopicReader  # type: ignore[no-untyped-def]
+    mlflow_client: MlflowClient,
+    make_model,
+    watcher_factory,
+    alias_topic: TopicReader,  # type: ignore[no-untyped-def]
 ) -> None:
     model = make_model(3)
     watcher = watcher_factory([model], poll_s=60.0)  # only the start-up poll can catch up
@@ -192,7 +205,11 @@ def test_stage_shim_warns_and_moves_aliases(mlflow_client: MlflowClient, make_mo
 
 
 def test_stage_mode_maps_stage_transitions_to_alias_events(
-    mlflow_client: MlflowClient, make_model, stack: Endpoints, workdir: Path, alias_topic: TopicReader  # type: ignore[no-untyped-def]
+    mlflow_client: MlflowClient,
+    make_model,
+    stack: Endpoints,
+    workdir: Path,
+    alias_topic: TopicReader,  # type: ignore[no-untyped-def]
 ) -> None:
     model = make_model(2)
     w = Watcher(stack, workdir, [model])
@@ -210,6 +227,8 @@ def test_stage_mode_maps_stage_transitions_to_alias_events(
         w.stop()
     events = alias_topic.events(of(model))
     assert summary(events) == [  # type: ignore[arg-type]
-        ("champion", "1", None, "set"), ("champion", "2", "1", "set"), ("champion", None, "2", "deleted")
+        ("champion", "1", None, "set"),
+        ("champion", "2", "1", "set"),
+        ("champion", None, "2", "deleted"),
     ]
     assert {e.source.value for e in events} == {"stage"}  # type: ignore[attr-defined]

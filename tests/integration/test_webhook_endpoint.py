@@ -1,4 +1,4 @@
-"""The webhook endpoint in-process against real Redis and the real broker: statuses and what gets published."""
+"""The webhook endpoint in-process, against real Redis and the real broker: statuses and what is published."""
 
 from __future__ import annotations
 
@@ -92,7 +92,11 @@ def test_repeated_delivery_and_repeated_state_publish_nothing_more(
     ],
 )
 def test_forged_requests_are_refused_and_publish_nothing(
-    client: TestClient, alias_topic: TopicReader, mutate, status: int, error: str  # type: ignore[no-untyped-def]
+    client: TestClient,
+    alias_topic: TopicReader,
+    mutate,
+    status: int,
+    error: str,  # type: ignore[no-untyped-def]
 ) -> None:
     model = unique("forged")
     body = alias_payload(model, "champion", "1")
@@ -116,7 +120,9 @@ def test_stale_timestamp_is_refused(client: TestClient, alias_topic: TopicReader
 def test_malformed_bodies_get_400_or_422_naming_the_problem(client: TestClient) -> None:
     resp = post(client, b"{not json")
     assert resp.status_code == 400 and resp.json()["error"] == "malformed_json"  # type: ignore[attr-defined]
-    body = json.dumps({"entity": "model_version_alias", "action": "created", "data": {"name": "m", "alias": "a"}}).encode()
+    body = json.dumps(
+        {"entity": "model_version_alias", "action": "created", "data": {"name": "m", "alias": "a"}}
+    ).encode()
     resp = post(client, body)
     assert resp.status_code == 422 and resp.json()["field"] == "data.version"  # type: ignore[attr-defined]
 
@@ -128,7 +134,9 @@ def test_body_over_one_mebibyte_is_413(client: TestClient) -> None:
 
 
 def test_other_registry_events_are_acknowledged_and_counted(client: TestClient) -> None:
-    body = json.dumps({"entity": "model_version", "action": "created", "data": {"name": "m", "version": "1"}}).encode()
+    body = json.dumps(
+        {"entity": "model_version", "action": "created", "data": {"name": "m", "version": "1"}}
+    ).encode()
     resp = post(client, body)
     assert resp.status_code == 200 and resp.json() == {"status": "ignored", "event": "model_version.created"}  # type: ignore[attr-defined]
     metrics = client.get("/metrics").text
@@ -141,7 +149,9 @@ def test_unreachable_kafka_is_503_and_the_event_is_published_once_kafka_is_back(
     prefix, model = unique("t"), unique("m")
     body = alias_payload(model, "champion", "5")
     headers = signed_headers(SECRET, body)
-    dead = settings_for(stack, prefix, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", publish_timeout_s=1)
+    dead = settings_for(
+        stack, prefix, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", publish_timeout_s=1
+    )
     with TestClient(create_app(dead, background=False)) as down:
         resp = down.post("/webhooks/mlflow", content=body, headers=headers)
         assert resp.status_code == 503 and resp.headers["Retry-After"]
@@ -161,4 +171,6 @@ def test_without_a_configured_secret_everything_is_refused(stack: Endpoints) -> 
     app = create_app(settings_for(stack, unique("t"), webhook_secret=None), background=False)
     with TestClient(app) as c:
         body = alias_payload("m", "champion", "1")
-        assert c.post("/webhooks/mlflow", content=body, headers=signed_headers(SECRET, body)).status_code == 401
+        assert (
+            c.post("/webhooks/mlflow", content=body, headers=signed_headers(SECRET, body)).status_code == 401
+        )

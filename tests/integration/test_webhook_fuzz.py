@@ -30,7 +30,9 @@ EXAMPLES = 2000
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=15,
 )
 names = st.one_of(
@@ -40,13 +42,15 @@ names = st.one_of(
 )
 alias_docs = st.fixed_dictionaries(
     {
-        "entity": st.sampled_from(["model_version_alias", "model_version", "registered_model", "x"]) | json_values,
+        "entity": st.sampled_from(["model_version_alias", "model_version", "registered_model", "x"])
+        | json_values,
         "action": st.sampled_from(["created", "deleted", "updated"]) | json_values,
         "timestamp": st.text(max_size=30) | json_values,
         "data": st.fixed_dictionaries(
             {"name": names, "alias": st.sampled_from(["champion", "challenger"]) | json_values},
             optional={"version": st.sampled_from(["1", "2", "3", 4]) | json_values},
-        ) | json_values,
+        )
+        | json_values,
     },
     optional={"extra": json_values},
 )
@@ -56,7 +60,9 @@ bodies = st.one_of(
     st.binary(max_size=300),
     st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")),
 )
-signing = st.sampled_from(["valid", "valid", "valid", "none", "wrong_secret", "garbage", "stale", "future", "bad_ts"])
+signing = st.sampled_from(
+    ["valid", "valid", "valid", "none", "wrong_secret", "garbage", "stale", "future", "bad_ts"]
+)
 header_text = st.text(max_size=40).filter(lambda s: s.isascii() and s.isprintable())
 
 
@@ -112,7 +118,8 @@ def test_no_5xx_and_nothing_published_for_invalid_deliveries(
     try:
         reader.settle(2.0)
         on_kafka = {
-            e.event_id for e in reader.events(lambda e: isinstance(e, AliasChanged) and e.model.startswith(PREFIX))
+            e.event_id
+            for e in reader.events(lambda e: isinstance(e, AliasChanged) and e.model.startswith(PREFIX))
         }
     finally:
         reader.close()

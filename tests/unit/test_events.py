@@ -27,8 +27,14 @@ from events.schema_export import SCHEMA_DIR, schema_documents
 
 def alias_changed(**overrides: object) -> AliasChanged:
     fields: dict[str, object] = dict(
-        producer="test", model="iris", alias="champion", version="2", previous_version="1",
-        action="set", source="webhook", registry_uri="http://mlflow:5000",
+        producer="test",
+        model="iris",
+        alias="champion",
+        version="2",
+        previous_version="1",
+        action="set",
+        source="webhook",
+        registry_uri="http://mlflow:5000",
     )
     fields.update(overrides)
     return AliasChanged(**fields)  # type: ignore[arg-type]
@@ -105,5 +111,5 @@ def test_alias_changed_version_must_match_action() -> None:
 
 def test_occurred_at_must_be_timezone_aware() -> None:
     with pytest.raises(ValidationError, match="timezone"):
-        alias_changed(occurred_at=datetime(2026, 1, 1))  # noqa: DTZ001
+        alias_changed(occurred_at=datetime(2026, 1, 1))
     assert alias_changed(occurred_at=datetime(2026, 1, 1, tzinfo=UTC)).occurred_at.tzinfo is UTC

@@ -10,8 +10,13 @@ BODY = b'{"entity":"model_version_alias"}'
 
 def check(**overrides: object) -> object:
     args: dict[str, object] = dict(
-        secret=SECRET, body=BODY, signature=sign(SECRET, "d1", "1000", BODY),
-        timestamp="1000", delivery_id="d1", now=1000.0, tolerance_s=300,
+        secret=SECRET,
+        body=BODY,
+        signature=sign(SECRET, "d1", "1000", BODY),
+        timestamp="1000",
+        delivery_id="d1",
+        now=1000.0,
+        tolerance_s=300,
     )
     args.update(overrides)
     return verify(**args)  # type: ignore[arg-type]

@@ -20,7 +20,8 @@ def test_stage_mapping_of_the_migration_plan() -> None:
 def test_promote_staging_version_to_production() -> None:
     current = {"champion": "1", "challenger": "2"}
     assert plan_stage_transition(current, "2", "Production") == [
-        AliasOp("delete", "challenger"), AliasOp("set", "champion", "2")
+        AliasOp("delete", "challenger"),
+        AliasOp("set", "champion", "2"),
     ]
 
 

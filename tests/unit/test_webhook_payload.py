@@ -12,12 +12,20 @@ from services.registry_watcher.core.webhook import (
 
 
 def test_alias_created_is_an_observation_with_version() -> None:
-    doc = {"entity": "model_version_alias", "action": "created", "data": {"name": "m", "alias": "champion", "version": "3"}}
+    doc = {
+        "entity": "model_version_alias",
+        "action": "created",
+        "data": {"name": "m", "alias": "champion", "version": "3"},
+    }
     assert parse_payload(doc) == AliasObservation("m", "champion", "3")
 
 
 def test_integer_version_is_accepted_as_text() -> None:
-    doc = {"entity": "model_version_alias", "action": "created", "data": {"name": "m", "alias": "a", "version": 7}}
+    doc = {
+        "entity": "model_version_alias",
+        "action": "created",
+        "data": {"name": "m", "alias": "a", "version": 7},
+    }
     assert parse_payload(doc) == AliasObservation("m", "a", "7")
 
 
@@ -39,11 +47,34 @@ def test_other_registry_events_are_ignored_by_kind() -> None:
         ([], "body"),
         ({"action": "created", "data": {}}, "entity"),
         ({"entity": "model_version_alias", "action": "created"}, "data"),
-        ({"entity": "model_version_alias", "action": "created", "data": {"alias": "a", "version": "1"}}, "data.name"),
-        ({"entity": "model_version_alias", "action": "created", "data": {"name": "m", "alias": "a"}}, "data.version"),
-        ({"entity": "model_version_alias", "action": "created", "data": {"name": "m", "alias": "a", "version": "x1"}}, "data.version"),
-        ({"entity": "model_version_alias", "action": "deleted", "data": {"name": "m", "alias": ""}}, "data.alias"),
-        ({"entity": "model_version_alias", "action": "created", "data": {"name": "m", "alias": "a", "version": True}}, "data.version"),
+        (
+            {"entity": "model_version_alias", "action": "created", "data": {"alias": "a", "version": "1"}},
+            "data.name",
+        ),
+        (
+            {"entity": "model_version_alias", "action": "created", "data": {"name": "m", "alias": "a"}},
+            "data.version",
+        ),
+        (
+            {
+                "entity": "model_version_alias",
+                "action": "created",
+                "data": {"name": "m", "alias": "a", "version": "x1"},
+            },
+            "data.version",
+        ),
+        (
+            {"entity": "model_version_alias", "action": "deleted", "data": {"name": "m", "alias": ""}},
+            "data.alias",
+        ),
+        (
+            {
+                "entity": "model_version_alias",
+                "action": "created",
+                "data": {"name": "m", "alias": "a", "version": True},
+            },
+            "data.version",
+        ),
     ],
 )
 def test_malformed_payloads_name_the_field(doc: object, field: str) -> None:

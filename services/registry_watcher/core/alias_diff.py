@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from services.registry_watcher.core.webhook import AliasObservation
 
 
-def diff_aliases(model: str, stored: Mapping[str, str], observed: Mapping[str, str]) -> list[AliasObservation]:
+def diff_aliases(
+    model: str, stored: Mapping[str, str], observed: Mapping[str, str]
+) -> list[AliasObservation]:
     """Observations that bring `stored` to `observed`: moved/new aliases, then removed ones (sorted)."""
     changes = [
         AliasObservation(model, alias, version)
         for alias, version in sorted(observed.items())
         if stored.get(alias) != version
     ]
-    changes.extend(
-        AliasObservation(model, alias, None) for alias in sorted(stored) if alias not in observed
-    )
+    changes.extend(AliasObservation(model, alias, None) for alias in sorted(stored) if alias not in observed)
     return changes

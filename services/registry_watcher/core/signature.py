@@ -62,9 +62,7 @@ def verify(
     if not timestamp:
         raise SignatureRejected(RejectReason.MISSING_TIMESTAMP, "X-MLflow-Timestamp header is missing")
     if not delivery_id:
-        raise SignatureRejected(
-            RejectReason.MISSING_DELIVERY_ID, "X-MLflow-Delivery-Id header is missing"
-        )
+        raise SignatureRejected(RejectReason.MISSING_DELIVERY_ID, "X-MLflow-Delivery-Id header is missing")
     try:
         ts = int(timestamp)
     except ValueError:

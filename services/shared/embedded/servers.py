@@ -31,26 +31,49 @@ def mlflow_server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
     env.setdefault("MLFLOW_WEBHOOK_DELIVERY_MAX_WORKERS", "1")
     env.setdefault("MLFLOW_WEBHOOK_CACHE_TTL", "1")
+    # Server-side job execution (huey consumers: ~8 processes) is not used by Flywheel.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         env.pop(var, None)
     return env
 
 
-def start_mlflow(workdir: Path, port: int | None = None, timeout_s: float = 120.0) -> tuple[ManagedProcess, str]:
+def webhook_encryption_key(workdir: Path) -> str:
+    """A Fernet key kept next to the database: without a stable key MLflow cannot decrypt the stored
+    webhook secrets after a restart (listing and delivering then fail with HTTP 500)."""
+    from cryptography.fernet import Fernet
+
+    path = workdir / "webhook-encryption.key"
+    if not path.exists():
+        path.write_bytes(Fernet.generate_key())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def start_mlflow(
+    workdir: Path, port: int | None = None, timeout_s: float = 120.0
+) -> tuple[ManagedProcess, str]:
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     argv = [
         str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
         "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination", str(workdir / "artifacts"),
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
         "--serve-artifacts",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
-    proc = ManagedProcess("mlflow", argv, log_path=workdir / "mlflow.log", env=mlflow_server_env(), cwd=workdir)
+    env = mlflow_server_env()
+    env.setdefault("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", webhook_encryption_key(workdir))
+    proc = ManagedProcess("mlflow", argv, log_path=workdir / "mlflow.log", env=env, cwd=workdir)
     proc.start().wait_ready(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), timeout_s)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -72,12 +95,18 @@ def start_redis(workdir: Path, port: int | None = None) -> tuple[ManagedProcess,
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
         redis_server_binary(),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(workdir),
-        "--protected-mode", "no",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "no",
     ]
     proc = ManagedProcess("redis", argv, log_path=workdir / f"redis-{port}.log")
     proc.start().wait_ready(lambda: port_open("127.0.0.1", port), 20)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -30,14 +31,14 @@ def ensure_topics(
         existing = set(admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
-                     for t in missing],
+                    [
+                        NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
+                        for t in missing
+                    ],
                     timeout_ms=int(timeout_s * 1000),
                 )
-            except TopicAlreadyExistsError:
-                pass
             log.info("created topics %s", missing)
         return missing
     finally:

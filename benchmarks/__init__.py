@@ -1,0 +1,1 @@
+"""Benchmarks behind `flywheel bench ...`; each prints one JSON document with its measurements."""

@@ -1,0 +1,125 @@
+"""The whole Flywheel stack as processes: infrastructure (embedded where not configured) + services.
+
+Used by `flywheel up`, `flywheel demo` and the benchmarks, so that all of them run exactly what a user
+runs. Each service is `python -m services.cli.main run <name>` with the stack's endpoints in its
+environment; the webhook is registered against the watcher once it is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from services.registry_watcher.webhook_registration import register_webhook
+from services.shared.embedded.process import ManagedProcess, free_port
+from services.shared.embedded.stack import Endpoints, Stack
+from services.shared.kafka.admin import ensure_topics
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - localhost service
+            return bool(resp.status == 200)
+    except Exception:
+        return False
+
+
+@dataclass
+class RunningService:
+    name: str
+    process: ManagedProcess
+    port: int | None = None
+
+    @property
+    def url(self) -> str | None:
+        return f"http://127.0.0.1:{self.port}" if self.port else None
+
+
+@dataclass
+class StackRunner:
+    workdir: Path
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    services: dict[str, RunningService] = field(default_factory=dict)
+    endpoints: Endpoints | None = None
+    webhook_secret: str = ""
+    _stack: Stack | None = None
+
+    def start_infrastructure(self) -> Endpoints:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._stack = Stack(self.workdir, self.env)
+        self.endpoints = self._stack.start()
+        ensure_topics(self.endpoints.kafka_bootstrap_servers)
+        self.webhook_secret = self.env.get("FLYWHEEL_WEBHOOK_SECRET") or secrets.token_urlsafe(32)
+        return self.endpoints
+
+    def service_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        assert self.endpoints is not None, "start_infrastructure first"
+        env = {**self.env, **self.endpoints.env(), "FLYWHEEL_WEBHOOK_SECRET": self.webhook_secret}
+        env.update(extra or {})
+        return env
+
+    def start_service(
+        self,
+        name: str,
+        *,
+        instance: str | None = None,
+        port_var: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> RunningService:
+        key = instance or name
+        env = self.service_env(extra_env)
+        port = None
+        if port_var:
+            port = int(env.get(port_var) or free_port())
+            env[port_var] = str(port)
+        argv = [sys.executable, "-m", "services.cli.main", "run", name]
+        proc = ManagedProcess(key, argv, log_path=self.workdir / "logs" / f"{key}.log", env=env, cwd=ROOT)
+        proc.start()
+        if port is not None and wait:
+            proc.wait_ready(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), 90)
+        service = RunningService(key, proc, port)
+        self.services[key] = service
+        return service
+
+    def start_watcher(
+        self, extra_env: Mapping[str, str] | None = None, register: bool = True
+    ) -> RunningService:
+        watcher = self.start_service(
+            "registry-watcher", port_var="FLYWHEEL_WATCHER_PORT", extra_env=extra_env
+        )
+        if register:
+            self.register_webhook(f"{watcher.url}/webhooks/mlflow")
+        return watcher
+
+    def register_webhook(self, url: str) -> None:
+        assert self.endpoints is not None
+        register_webhook(
+            MlflowClient(tracking_uri=self.endpoints.mlflow_tracking_uri), url, self.webhook_secret
+        )
+        time.sleep(1.2)  # MLflow caches its webhook list (MLFLOW_WEBHOOK_CACHE_TTL=1 s when embedded)
+
+    def stop(self) -> None:
+        for service in reversed(list(self.services.values())):
+            service.process.stop()
+        self.services.clear()
+        if self._stack is not None:
+            self._stack.stop()
+
+    def __enter__(self) -> StackRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
