@@ -42,3 +42,17 @@ def stack_env(stack: Endpoints) -> Iterator[dict[str, str]]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def wine_model(stack: Endpoints, stack_env: dict[str, str]) -> tuple[str, dict[str, float]]:
+    """A registered model with two real sklearn versions: 1 (weak) and 2 (strong) -> accuracy."""
+    from services.shared.sample_models import register_wine_version
+    from tests.support import unique
+
+    name = unique("wine")
+    accuracy = {}
+    for kind in ("weak", "strong"):
+        version, acc = register_wine_version(stack.mlflow_tracking_uri, name, kind, experiment="tests/wine")
+        accuracy[version] = acc
+    return name, accuracy

@@ -1,0 +1,1 @@
+"""Gateway: serves models resolved from registry aliases and hot-swaps them on reload notices."""

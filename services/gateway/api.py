@@ -1,0 +1,324 @@
+"""HTTP entrypoint of a gateway replica: predictions, model status, health, readiness, metrics.
+
+Status codes: 404 for an unknown model or alias, 422 for inputs that do not match the model's signature
+(the `field` names the culprit, e.g. `inputs[2].alcohol`), 503 when the model cannot be loaded at all,
+502 when the model itself raised. A request is served by the version its alias pointed to when it began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from events import InferenceRecorded
+from services.gateway import metrics
+from services.gateway.core.inputs import InputError, parse_inputs
+from services.gateway.inference_events import InferenceEmitter
+from services.gateway.model_loader import LoadedModel, MlflowModelLoader, dspy_lm_factory
+from services.gateway.model_manager import ModelManager, ModelRef
+from services.gateway.reload_listener import ReloadListener
+from services.gateway.reloader import Reloader
+from services.gateway.schemas import PredictRequest, PredictResponse
+from services.gateway.serving_table import ServingTable
+from services.gateway.settings import GatewaySettings
+from services.gateway.tracing import PredictionTracer
+from services.shared.http_ops import ReadinessCheck, add_ops_routes
+from services.shared.kafka.profile import profile_named
+from services.shared.kafka.publisher import KafkaPublisher
+from services.shared.redis_store import RedisKeys, async_redis
+from services.shared.resolution import ResolutionReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """Everything a replica needs, built once per process."""
+
+    settings: GatewaySettings
+    replica: str
+    redis: Redis
+    keys: RedisKeys
+    loader: MlflowModelLoader
+    manager: ModelManager[LoadedModel]
+    table: ServingTable
+    reloader: Reloader
+    listener: ReloadListener
+    tracer: PredictionTracer
+    emitter: InferenceEmitter
+    publisher: KafkaPublisher | None
+    started: asyncio.Event
+
+
+def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = None) -> Gateway:
+    redis = async_redis(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix)
+    secret = settings.dspy_api_key.get_secret_value() if settings.dspy_api_key else None
+    loader = loader or MlflowModelLoader(
+        settings.mlflow_tracking_uri, dspy_lm_factory(settings.dspy_lm, secret, settings.dspy_api_base)
+    )
+    manager: ModelManager[LoadedModel] = ModelManager(
+        loader, ttl_s=settings.model_ttl_s, max_size=settings.model_cache_size
+    )
+    table = ServingTable()
+    reloader = Reloader(
+        table,
+        manager,
+        retry_initial_s=settings.reload_retry_initial_s,
+        retry_max_s=settings.reload_retry_max_s,
+    )
+    listener = ReloadListener(
+        redis, keys, reloader, table, settings, reconcile_interval_s=settings.reconcile_interval_s
+    )
+    publisher = (
+        KafkaPublisher(
+            settings.kafka_bootstrap_servers,
+            profile_named(settings.kafka_profile),
+            client_id=f"flywheel-gateway-{settings.replica_name()}",
+        )
+        if settings.inference_events_enabled
+        else None
+    )
+    emitter = InferenceEmitter(
+        publisher,
+        max_queue=settings.inference_queue_size,
+        batch_size=settings.inference_batch_size,
+        flush_ms=settings.inference_flush_ms,
+    )
+    tracer = PredictionTracer(
+        settings.mlflow_tracking_uri, settings.trace_experiment, enabled=settings.tracing_enabled
+    )
+    return Gateway(
+        settings=settings,
+        replica=settings.replica_name(),
+        redis=redis,
+        keys=keys,
+        loader=loader,
+        manager=manager,
+        table=table,
+        reloader=reloader,
+        listener=listener,
+        tracer=tracer,
+        emitter=emitter,
+        publisher=publisher,
+        started=asyncio.Event(),
+    )
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return 1 << 30
+
+
+class PredictionFailed(Exception):
+    pass
+
+
+def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoader | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gw = build_gateway(settings, loader)
+        app.state.gateway = gw
+        await run_in_threadpool(gw.tracer.prepare)
+        gw.emitter.start()
+        gw.listener.start()
+        # Preload before declaring readiness: wait for the first reconciliation's loads (bounded).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gw.listener.subscribed.wait(), timeout=5.0)
+            await asyncio.sleep(0)
+            await asyncio.wait_for(_settle(gw), timeout=60.0)
+        gw.started.set()
+        log.info("gateway replica %s ready, serving %s", gw.replica, gw.table.served())
+        try:
+            yield
+        finally:
+            await gw.listener.stop()
+            await gw.reloader.close()
+            await run_in_threadpool(gw.emitter.stop)
+            if gw.publisher is not None:
+                gw.publisher.close()
+            await gw.redis.aclose()
+
+    app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
+
+    def gateway() -> Gateway:
+        gw: Gateway = app.state.gateway
+        return gw
+
+    async def serving_started() -> bool:
+        return gateway().started.is_set()
+
+    def checks() -> dict[str, ReadinessCheck]:
+        # Redis and Kafka are not readiness conditions: without them a replica keeps serving.
+        return {"models_preloaded": serving_started}
+
+    add_ops_routes(app, checks)
+
+    async def first_load(gw: Gateway, name: str, alias: str) -> LoadedModel:
+        """An alias this replica has not served yet: resolve (cache, else MLflow) and load it once."""
+        version: str | None = None
+        known = False
+        try:
+            entries = await ResolutionReader(gw.redis, gw.keys).read(name)
+            if alias in entries:
+                known, version = True, entries[alias].version
+        except (RedisError, OSError):
+            pass
+        if not known:
+            try:
+                version = await run_in_threadpool(gw.loader.resolve, name, alias)
+            except Exception as exc:
+                raise HTTPException(503, detail=f"cannot resolve {name}@{alias}: {exc}") from exc
+        if version is None:
+            raise HTTPException(404, detail=f"model {name!r} has no alias {alias!r}")
+        try:
+            return await gw.reloader.ensure(name, alias, version)
+        except LookupError as exc:
+            raise HTTPException(503, detail=str(exc)) from exc
+
+    async def pinned(gw: Gateway, name: str, version: str) -> LoadedModel:
+        try:
+            return await run_in_threadpool(gw.manager.load, ModelRef(name, version=version))
+        except Exception as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc):
+                raise HTTPException(404, detail=f"model {name!r} has no version {version!r}") from exc
+            raise HTTPException(503, detail=f"cannot load {name} version {version}: {exc}") from exc
+
+    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"])
+    async def predict(
+        name: str,
+        body: PredictRequest,
+        alias: str | None = Query(default=None, description="Alias to serve from (default: champion)."),
+        version: str | None = Query(default=None, description="Pin an exact version instead of an alias."),
+    ) -> PredictResponse:
+        gw = gateway()
+        started = time.perf_counter()
+        if not gw.settings.watches(name):
+            raise HTTPException(404, detail=f"model {name!r} is not served by this gateway")
+        if version is not None:
+            loaded, variant, served_alias = await pinned(gw, name, version), "pinned", None
+        else:
+            served_alias = alias or gw.settings.champion_alias
+            variant = "challenger" if served_alias == gw.settings.challenger_alias else "champion"
+            loaded = gw.table.get(name, served_alias) or await first_load(gw, name, served_alias)
+        try:
+            parsed = parse_inputs(body.inputs, loaded.input_fields, max_rows=gw.settings.max_batch_rows)
+        except InputError as exc:
+            metrics.REJECTED.labels("invalid_input").inc()
+            raise HTTPException(422, detail={"field": exc.field, "message": exc.message}) from exc
+        request_id = uuid.uuid4().hex
+        params = dict(body.params or {})
+
+        def run() -> tuple[Any, str | None, BaseException | None]:
+            with gw.tracer.trace(
+                request_id=request_id,
+                model=loaded,
+                alias=served_alias,
+                variant=variant,
+                replica=gw.replica,
+                user_id=body.user_id,
+                inputs=body.inputs,
+            ) as handle:
+                try:
+                    outputs = loaded.predict(parsed.records, params)
+                except Exception as exc:
+                    return None, handle.trace_id, exc
+                result = outputs[0] if parsed.single and len(outputs) == 1 else outputs
+                handle.set_outputs(result)
+                return result, handle.trace_id, None
+
+        outputs, trace_id, error = await run_in_threadpool(run)
+        latency_ms = (time.perf_counter() - started) * 1000
+        status = "ok" if error is None else "error"
+        metrics.REQUESTS.labels(name, loaded.version, variant, status).inc()
+        metrics.LATENCY.labels(name).observe(latency_ms / 1000)
+        limit = gw.settings.max_logged_payload_bytes
+        gw.emitter.emit(
+            InferenceRecorded(
+                producer=f"gateway/{gw.replica}",
+                model=name,
+                version=loaded.version,
+                alias=served_alias,
+                variant=variant,
+                request_id=request_id,
+                trace_id=trace_id,
+                replica=gw.replica,
+                user_id=body.user_id,
+                status=status,
+                error_type=type(error).__name__ if error else None,
+                latency_ms=latency_ms,
+                inputs=body.inputs if _json_size(body.inputs) <= limit else None,
+                outputs=outputs if error is None and _json_size(outputs) <= limit else None,
+            )
+        )
+        if error is not None:
+            if "schema" in str(error).lower() and "enforce" in str(error).lower():
+                raise HTTPException(422, detail={"field": "inputs", "message": str(error)[:500]})
+            log.warning(
+                "model %s version %s raised %s: %s", name, loaded.version, type(error).__name__, error
+            )
+            raise HTTPException(
+                502,
+                detail={
+                    "message": f"model {name} version {loaded.version} failed: {type(error).__name__}",
+                    "request_id": request_id,
+                    "trace_id": trace_id,
+                },
+            )
+        return PredictResponse(
+            outputs=outputs,
+            model=name,
+            version=loaded.version,
+            alias=served_alias,
+            variant=variant,
+            request_id=request_id,
+            trace_id=trace_id,
+        )
+
+    @app.get("/v1/models/{name}", tags=["serving"])
+    async def model_status(name: str) -> dict[str, Any]:
+        gw = gateway()
+        served = gw.table.aliases(name)
+        resolution: dict[str, str | None] = {}
+        try:
+            entries = await ResolutionReader(gw.redis, gw.keys).read(name)
+            resolution = {a: e.version for a, e in entries.items()}
+        except (RedisError, OSError):
+            pass
+        if not served and not resolution:
+            raise HTTPException(404, detail=f"model {name!r} is not served and not in the resolution cache")
+        return {
+            "model": name,
+            "replica": gw.replica,
+            "aliases": served,
+            "resolution_cache": resolution,
+            "reload_errors": {a: e for (m, a), e in gw.reloader.last_error.items() if m == name},
+            "traffic_split": None,
+            "cache": gw.manager.get_cache_stats().as_dict(),
+            "inference_events_pending": gw.emitter.pending(),
+        }
+
+    return app
+
+
+async def _settle(gw: Gateway) -> None:
+    """Wait for the reloads the first reconciliation started."""
+    await gw.listener.reconcile()
+    while gw.reloader._tasks:
+        await asyncio.gather(*list(gw.reloader._tasks.values()), return_exceptions=True)

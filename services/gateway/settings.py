@@ -1,0 +1,45 @@
+"""Gateway configuration (environment variables, see README)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field, SecretStr
+
+from services.shared.settings import FlywheelSettings
+
+
+class GatewaySettings(FlywheelSettings):
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=1, le=65535)
+    replica_id: str | None = Field(
+        default=None, description="Name of this replica in events and metrics; default host:port."
+    )
+    model_cache_size: int = Field(default=8, ge=1, description="Loaded model versions kept per replica.")
+    model_ttl_s: float | None = Field(
+        default=None, gt=0, description="Reload loaded versions after this age; unset = never."
+    )
+    reconcile_interval_s: float = Field(
+        default=5.0, gt=0, description="Safety net: re-read the resolution cache this often."
+    )
+    reload_retry_initial_s: float = Field(default=0.5, gt=0)
+    reload_retry_max_s: float = Field(default=30.0, gt=0)
+    max_batch_rows: int = Field(default=1000, ge=1, description="Rows accepted per predict request.")
+    tracing_enabled: bool = Field(default=True, description="One MLflow trace per prediction.")
+    trace_experiment: str = Field(default="flywheel/serving", min_length=1)
+    inference_events_enabled: bool = True
+    inference_queue_size: int = Field(default=10_000, ge=1)
+    inference_batch_size: int = Field(default=200, ge=1)
+    inference_flush_ms: int = Field(default=50, ge=1)
+    max_logged_payload_bytes: int = Field(
+        default=16_384, ge=0, description="Inputs/outputs larger than this are not copied into events."
+    )
+    dspy_lm: str | None = Field(
+        default=None,
+        description="LiteLLM model string for DSPy programs (e.g. openai/gpt-4o-mini); 'dummy' for tests.",
+    )
+    dspy_api_key: SecretStr | None = Field(default=None, description="API key passed to the DSPy LM.")
+    dspy_api_base: str | None = None
+
+    def replica_name(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}:{self.gateway_port}"

@@ -1,0 +1,94 @@
+"""Real, small models for the demo, the benchmarks and the tests: scikit-learn's wine data set.
+
+Versions differ on purpose: `weak` sees only a few features (lower held-out accuracy), `strong` all of
+them, so a promotion or retraining shows a measurable gain. Models are logged with an input example (the
+signature is inferred, as our tracking conventions ask) and registered in one call.
+"""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import pandas as pd
+from sklearn.datasets import load_wine
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+WEAK_FEATURES = ["alcohol", "malic_acid", "ash"]
+
+
+@dataclass(frozen=True)
+class WineData:
+    train_x: pd.DataFrame
+    train_y: pd.Series
+    test_x: pd.DataFrame
+    test_y: pd.Series
+
+
+def wine_data(seed: int = 7) -> WineData:
+    x, y = load_wine(return_X_y=True, as_frame=True)
+    train_x, test_x, train_y, test_y = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
+    return WineData(train_x, train_y, test_x, test_y)
+
+
+def standard_tags(model_type: str, run_mode: str = "training") -> dict[str, str]:
+    """The tags every run we create carries (tracking conventions)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "os.user": getpass.getuser(),
+        "git.commit": commit or "unknown",
+        "source.type": "service",
+        "model.type": model_type,
+        "run.mode": run_mode,
+    }
+
+
+def train_wine(kind: str, data: WineData | None = None) -> tuple[Any, float]:
+    """`weak` or `strong` pipeline and its held-out accuracy."""
+    data = data or wine_data()
+    if kind == "weak":
+        from sklearn.compose import ColumnTransformer
+
+        model = make_pipeline(
+            ColumnTransformer([("keep", "passthrough", WEAK_FEATURES)]),
+            StandardScaler(),
+            LogisticRegression(max_iter=2000),
+        )
+    elif kind == "strong":
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    else:
+        raise ValueError(f"unknown kind {kind!r}; expected 'weak' or 'strong'")
+    model.fit(data.train_x, data.train_y)
+    return model, float(model.score(data.test_x, data.test_y))
+
+
+def register_wine_version(
+    tracking_uri: str, model_name: str, kind: str, *, experiment: str = "flywheel/demo"
+) -> tuple[str, float]:
+    """Train, log (with input example) and register one version; returns (version, accuracy)."""
+    data = wine_data()
+    model, accuracy = train_wine(kind, data)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"{kind}_logreg", tags=standard_tags("sklearn")):
+        mlflow.log_params({"kind": kind, "algorithm": "logistic_regression"})
+        mlflow.log_metric("test_accuracy", accuracy)
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            input_example=data.train_x.head(3),
+            registered_model_name=model_name,
+            await_registration_for=60,
+        )
+    return str(info.registered_model_version), accuracy

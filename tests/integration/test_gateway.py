@@ -1,0 +1,206 @@
+"""A gateway replica in-process against the real MLflow server, Redis and broker.
+
+Reload notices are driven by writing the resolution cache and publishing on the reload channel exactly
+as the cache invalidation service does (its own tests cover that side).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import mlflow
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from events import INFERENCES, InferenceRecorded
+from services.gateway.api import create_app
+from services.gateway.settings import GatewaySettings
+from services.shared.embedded.stack import Endpoints
+from services.shared.redis_store import RedisKeys
+from services.shared.resolution import ReloadNotice, ResolutionEntry
+from services.shared.sample_models import wine_data
+from tests.support import TopicReader, unique
+
+pytestmark = pytest.mark.integration
+
+
+def record(i: int = 0) -> dict[str, float]:
+    row = wine_data().test_x.iloc[i]
+    return {k: float(v) for k, v in row.items()}
+
+
+class Resolution:
+    """Writes the resolution cache and reload notices like the cache invalidation service."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.redis = redis.Redis.from_url(url, decode_responses=True)
+        self.keys = RedisKeys(prefix)
+
+    def move(self, model: str, alias: str, version: str | None, *, notify: bool = True) -> None:
+        event_id = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        entry = ResolutionEntry(version=version, event_id=event_id, occurred_at=now)
+        self.redis.hset(self.keys.resolution(model), alias, entry.model_dump_json())
+        self.redis.sadd(self.keys.resolution_models(), model)
+        if notify:
+            notice = ReloadNotice(
+                model=model, alias=alias, version=version, event_id=event_id, occurred_at=now
+            )
+            self.redis.publish(self.keys.reload_channel(), notice.model_dump_json())
+
+
+@pytest.fixture()
+def prefix() -> str:
+    return unique("gw")
+
+
+@pytest.fixture()
+def resolution(stack: Endpoints, prefix: str) -> Iterator[Resolution]:
+    res = Resolution(stack.redis_url, prefix)
+    yield res
+    res.redis.close()
+
+
+@pytest.fixture()
+def gateway(stack: Endpoints, stack_env: dict[str, str], prefix: str) -> Iterator[TestClient]:
+    settings = GatewaySettings(
+        MLFLOW_TRACKING_URI=stack.mlflow_tracking_uri,
+        KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap_servers,
+        REDIS_URL=stack.redis_url,
+        kafka_profile=stack.kafka_profile,
+        redis_prefix=prefix,
+        replica_id=f"test-{prefix}",
+        reconcile_interval_s=1.0,
+        reload_retry_initial_s=0.2,
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def wait_for_version(client: TestClient, model: str, version: str, timeout_s: float = 20.0) -> float:
+    started = time.time()
+    while time.time() - started < timeout_s:
+        resp = client.post(f"/v1/models/{model}/predict", json={"inputs": record()})
+        assert resp.status_code == 200, resp.text
+        if resp.json()["version"] == version:
+            return time.time() - started
+        time.sleep(0.02)
+    raise AssertionError(f"{model} did not serve version {version} within {timeout_s}s")
+
+
+def test_serves_champion_with_trace_and_inference_event(
+    gateway: TestClient, wine_model: tuple[str, dict[str, float]], stack: Endpoints, resolution: Resolution
+) -> None:
+    name, _ = wine_model
+    MlflowClient(stack.mlflow_tracking_uri).set_registered_model_alias(name, "champion", "1")
+    resolution.move(name, "champion", "1")
+    reader = TopicReader(stack, INFERENCES)
+    try:
+        resp = gateway.post(
+            f"/v1/models/{name}/predict", json={"inputs": [record(0), record(1)], "user_id": "ann"}
+        )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["version"] == "1" and body["alias"] == "champion" and body["model"] == name
+        assert len(body["outputs"]) == 2 and all(o in (0, 1, 2) for o in body["outputs"])
+        assert body["trace_id"] and body["request_id"]
+        single = gateway.post(f"/v1/models/{name}/predict", json={"inputs": record(2)})
+        assert isinstance(single.json()["outputs"], int)
+
+        events = reader.wait_for(
+            lambda e: isinstance(e, InferenceRecorded) and e.request_id == body["request_id"], 1
+        )
+        assert len(events) == 1
+        event = events[0]
+        assert isinstance(event, InferenceRecorded)
+        assert (event.model, event.version, event.status, event.user_id) == (name, "1", "ok", "ann")
+        assert event.trace_id == body["trace_id"] and event.outputs == body["outputs"]
+    finally:
+        reader.close()
+
+    mlflow.set_tracking_uri(stack.mlflow_tracking_uri)
+    deadline = time.time() + 15
+    traces: list = []
+    while time.time() < deadline and not traces:
+        traces = mlflow.search_traces(
+            locations=None,
+            filter_string=f"metadata.`flywheel.request_id` = '{body['request_id']}'",
+            return_type="list",
+        )
+        time.sleep(0.3)
+    assert traces and traces[0].info.trace_id == body["trace_id"]
+
+
+def test_bad_inputs_are_422_naming_the_field(
+    gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution
+) -> None:
+    name, _ = wine_model
+    resolution.move(name, "champion", "1")
+    url = f"/v1/models/{name}/predict"
+    missing = {k: v for k, v in record().items() if k != "alcohol"}
+    resp = gateway.post(url, json={"inputs": missing})
+    assert resp.status_code == 422 and resp.json()["detail"]["field"] == "inputs.alcohol", resp.text
+    wrong = [record(0), {**record(1), "ash": "lots"}]
+    resp = gateway.post(url, json={"inputs": wrong})
+    assert resp.status_code == 422 and resp.json()["detail"]["field"] == "inputs[1].ash", resp.text
+    resp = gateway.post(url, json={"params": {}})
+    assert resp.status_code == 422 and "inputs" in resp.text
+    resp = gateway.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+    resp = gateway.post(url, json={"inputs": [1, 2]})
+    assert resp.status_code == 422 and resp.json()["detail"]["field"] == "inputs[0]"
+
+
+def test_unknown_model_or_alias_is_404(gateway: TestClient, wine_model: tuple[str, dict[str, float]]) -> None:
+    name, _ = wine_model
+    assert gateway.post("/v1/models/no_such_model/predict", json={"inputs": record()}).status_code == 404
+    resp = gateway.post(f"/v1/models/{name}/predict?alias=nope", json={"inputs": record()})
+    assert resp.status_code == 404 and "nope" in resp.text
+    assert gateway.post(f"/v1/models/{name}/predict?version=99", json={"inputs": record()}).status_code == 404
+    assert gateway.get("/v1/models/no_such_model").status_code == 404
+
+
+def test_reload_notice_swaps_version_and_failed_load_keeps_old(
+    gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution
+) -> None:
+    name, _ = wine_model
+    resolution.move(name, "champion", "1")
+    wait_for_version(gateway, name, "1")
+    resolution.move(name, "champion", "2")
+    assert wait_for_version(gateway, name, "2") < 5
+    # A version that cannot be loaded: the replica keeps serving 2 and reports the failure.
+    resolution.move(name, "champion", "99")
+    deadline = time.time() + 10
+    status: dict = {}
+    while time.time() < deadline:
+        status = gateway.get(f"/v1/models/{name}").json()
+        if status["reload_errors"].get("champion"):
+            break
+        time.sleep(0.1)
+    assert "99" in status["reload_errors"]["champion"], status
+    assert status["aliases"]["champion"] == "2"
+    resp = gateway.post(f"/v1/models/{name}/predict", json={"inputs": record()})
+    assert resp.status_code == 200 and resp.json()["version"] == "2"
+    metrics = gateway.get("/metrics").text
+    assert f'flywheel_gateway_reloads_total{{model="{name}",outcome="failed"}}' in metrics
+    # Back to a loadable version: converges again.
+    resolution.move(name, "champion", "1")
+    wait_for_version(gateway, name, "1")
+    assert gateway.get(f"/v1/models/{name}").json()["reload_errors"] == {}
+
+
+def test_missed_notice_is_caught_by_reconciliation(
+    gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution
+) -> None:
+    name, _ = wine_model
+    resolution.move(name, "champion", "1")
+    wait_for_version(gateway, name, "1")
+    resolution.move(name, "champion", "2", notify=False)
+    assert wait_for_version(gateway, name, "2", timeout_s=10) > 0.0
+    info = gateway.get(f"/v1/models/{name}").json()
+    assert info["aliases"] == {"champion": "2"} and info["cache"]["loads"] >= 2
