@@ -119,6 +119,33 @@ def bench_webhook(
     _print_json(run_bench(changes, poller_changes, poll_interval, workdir.resolve()))
 
 
+@bench_app.command("propagation")
+def bench_propagation(
+    moves: int = typer.Option(60, min=50, help="Alias moves measured on the webhook path"),
+    poller_moves: int = typer.Option(15, min=5, help="Alias moves measured on the poller-only path"),
+    poll_interval: float = typer.Option(1.0, help="Poll interval of the poller-only run (s)"),
+    replicas: int = typer.Option(2, min=1, help="Gateway replicas"),
+    workdir: Path = typer.Option(Path(".flywheel/bench-propagation")),
+) -> None:
+    """Alias write -> every gateway replica serving the new version: p50/p95/p99, both paths."""
+    from benchmarks.propagation import run as run_bench
+
+    _print_json(run_bench(moves, poller_moves, poll_interval, replicas, workdir.resolve()))
+
+
+@bench_app.command("gateway")
+def bench_gateway(
+    duration: float = typer.Option(10.0, min=1.0, help="Seconds per measured round and server"),
+    concurrency: int = typer.Option(4, min=1, help="Concurrent keep-alive clients"),
+    rounds: int = typer.Option(2, min=1, help="Alternating rounds per server"),
+    workdir: Path = typer.Option(Path(".flywheel/bench-gateway")),
+) -> None:
+    """Gateway vs `mlflow models serve` on the same model: requests/s, p50/p99, side by side."""
+    from benchmarks.gateway import run as run_bench
+
+    _print_json(run_bench(duration, concurrency, rounds, workdir.resolve()))
+
+
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     app()

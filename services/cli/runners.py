@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 SERVICES: dict[str, str] = {
     "registry-watcher": "services.registry_watcher.main:run",
+    "gateway": "services.gateway.main:run",
+    "cache-invalidation": "services.cache_invalidation.main:run",
 }
 
 

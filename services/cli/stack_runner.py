@@ -78,6 +78,7 @@ class StackRunner:
         port_var: str | None = None,
         extra_env: Mapping[str, str] | None = None,
         wait: bool = True,
+        ready_path: str = "/healthz",
     ) -> RunningService:
         key = instance or name
         env = self.service_env(extra_env)
@@ -89,7 +90,7 @@ class StackRunner:
         proc = ManagedProcess(key, argv, log_path=self.workdir / "logs" / f"{key}.log", env=env, cwd=ROOT)
         proc.start()
         if port is not None and wait:
-            proc.wait_ready(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), 90)
+            proc.wait_ready(lambda: _healthy(f"http://127.0.0.1:{port}{ready_path}"), 120)
         service = RunningService(key, proc, port)
         self.services[key] = service
         return service
@@ -103,6 +104,28 @@ class StackRunner:
         if register:
             self.register_webhook(f"{watcher.url}/webhooks/mlflow")
         return watcher
+
+    def start_gateway(self, replica: str, extra_env: Mapping[str, str] | None = None) -> RunningService:
+        """One gateway replica on its own port; returns once it preloaded its models (/readyz)."""
+        env = {"FLYWHEEL_REPLICA_ID": replica, **(extra_env or {})}
+        return self.start_service(
+            "gateway", instance=replica, port_var="FLYWHEEL_GATEWAY_PORT", extra_env=env, ready_path="/readyz"
+        )
+
+    def start_cache_invalidation(
+        self, instance: str = "cache-invalidation", extra_env: Mapping[str, str] | None = None
+    ) -> RunningService:
+        """The Faust worker (no HTTP API; its web port is only bound, see services/shared/faust_app)."""
+        env = {"FLYWHEEL_INVALIDATION_WEB_PORT": str(free_port()), **(extra_env or {})}
+        return self.start_service("cache-invalidation", instance=instance, extra_env=env)
+
+    def start_hot_reload(
+        self, replicas: int = 2, extra_env: Mapping[str, str] | None = None, register: bool = True
+    ) -> list[RunningService]:
+        """Watcher + cache invalidation + `replicas` gateways: the path from an alias write to a reload."""
+        self.start_watcher(extra_env, register=register)
+        self.start_cache_invalidation(extra_env=extra_env)
+        return [self.start_gateway(f"gateway-{i + 1}", extra_env) for i in range(replicas)]
 
     def register_webhook(self, url: str) -> None:
         assert self.endpoints is not None

@@ -307,6 +307,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
             "model": name,
             "replica": gw.replica,
             "aliases": served,
+            "swapped_at": gw.table.swapped_at(name),
             "resolution_cache": resolution,
             "reload_errors": {a: e for (m, a), e in gw.reloader.last_error.items() if m == name},
             "traffic_split": None,

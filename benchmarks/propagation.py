@@ -1,0 +1,138 @@
+"""`flywheel bench propagation`: alias write in MLflow -> every gateway replica serving the new version.
+
+The whole path runs as users run it: MLflow webhook -> registry watcher -> Kafka -> cache invalidation
+(Faust) -> Redis resolution cache + reload notice -> each replica preloads and swaps. The clock starts
+right before `set_registered_model_alias` and stops, per replica, at the first status read
+(`GET /v1/models/{name}`, which reports what predictions are served by) showing the new version; the
+sample of a move is the slowest replica. Moves alternate between two preloaded-once versions, so after
+the first two moves the ModelManager holds both and a move measures the control path, not disk I/O.
+The poller-only path repeats this with the webhook disabled (the poll interval dominates it).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from mlflow import MlflowClient
+from mlflow.entities.webhook import WebhookStatus
+
+from benchmarks.common import summarize
+from services.cli.stack_runner import RunningService, StackRunner
+from services.registry_watcher.webhook_registration import register_webhook
+from services.shared.sample_models import register_wine_version
+
+
+def _serving(client: httpx.Client, url: str, model: str) -> tuple[str | None, float]:
+    """(version the replica serves for champion, wall time it started serving it)."""
+    try:
+        resp = client.get(f"{url}/v1/models/{model}", timeout=1.0)
+    except httpx.HTTPError:
+        return None, 0.0
+    if resp.status_code != 200:
+        return None, 0.0
+    status = resp.json()
+    version = status["aliases"].get("champion")
+    return (str(version) if version is not None else None), float(status["swapped_at"].get("champion", 0.0))
+
+
+def _wait_all(
+    replicas: list[RunningService], model: str, version: str, started: float, timeout_s: float
+) -> list[float]:
+    """Per replica: ms from `started` (wall clock) until it began serving `version`.
+
+    The replica reports the instant of its swap, so the polling interval does not add to the sample.
+    """
+    result: list[float | None] = [None] * len(replicas)
+
+    def watch(i: int, url: str) -> None:
+        deadline = time.perf_counter() + timeout_s
+        with httpx.Client() as client:
+            while time.perf_counter() < deadline:
+                served, swapped_at = _serving(client, url, model)
+                if served == version:
+                    result[i] = (swapped_at - started) * 1000
+                    return
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=watch, args=(i, r.url)) for i, r in enumerate(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if any(r is None for r in result):
+        raise RuntimeError(f"not every replica served {model} v{version} within {timeout_s}s: {result}")
+    return [float(r) for r in result if r is not None]
+
+
+def _moves(
+    client: MlflowClient,
+    replicas: list[RunningService],
+    model: str,
+    n: int,
+    timeout_s: float,
+    jitter_s: float = 0.0,
+    first: int = 0,
+) -> tuple[list[float], list[list[float]]]:
+    slowest: list[float] = []
+    per_replica: list[list[float]] = [[] for _ in replicas]
+    for i in range(first, first + n):
+        if jitter_s:
+            time.sleep(random.uniform(0, jitter_s))  # decorrelate from the poll clock
+        version = str(1 + (i % 2))
+        started = time.time()
+        client.set_registered_model_alias(model, "champion", version)
+        times = _wait_all(replicas, model, version, started, timeout_s)
+        slowest.append(max(times))
+        for r, t in zip(per_replica, times, strict=True):
+            r.append(t)
+        time.sleep(0.05)
+    return slowest, per_replica
+
+
+def run(
+    moves: int, poller_moves: int, poll_interval_s: float, replicas: int, workdir: Path
+) -> dict[str, Any]:
+    env = {"FLYWHEEL_POLL_INTERVAL_S": "10", "FLYWHEEL_TRACING_ENABLED": "false"}
+    with StackRunner(workdir) as runner:
+        endpoints = runner.start_infrastructure()
+        model = f"bench_propagation_{int(time.time())}"
+        for kind in ("weak", "strong"):
+            register_wine_version(endpoints.mlflow_tracking_uri, model, kind, experiment="bench")
+        env["FLYWHEEL_MODELS"] = model
+        gateways = runner.start_hot_reload(replicas, env)
+        client = MlflowClient(tracking_uri=endpoints.mlflow_tracking_uri)
+        _moves(client, gateways, model, 4, 60)  # warm-up: both versions loaded, consumer group joined
+        webhook, webhook_per_replica = _moves(client, gateways, model, moves, 30)
+
+        # Poller-only: disable the webhook and restart the watcher with a short poll interval.
+        watcher = runner.services.pop("registry-watcher")
+        reg = register_webhook(client, f"{watcher.url}/webhooks/mlflow", runner.webhook_secret)
+        client.update_webhook(reg.webhook_id, status=WebhookStatus.DISABLED)
+        watcher.process.stop()
+        runner.start_watcher({**env, "FLYWHEEL_POLL_INTERVAL_S": str(poll_interval_s)}, register=False)
+        time.sleep(1.5)
+        poller, _ = _moves(
+            client,
+            gateways,
+            model,
+            poller_moves,
+            poll_interval_s * 5 + 15,
+            jitter_s=poll_interval_s,
+            first=moves,
+        )
+    return {
+        "benchmark": "propagation",
+        "what": "alias write in MLflow -> every gateway replica serves the new version (slowest replica)",
+        "replicas": replicas,
+        "kafka_profile": endpoints.kafka_profile,
+        "webhook_path": summarize(webhook),
+        "webhook_path_per_replica": [summarize(r) for r in webhook_per_replica],
+        "poller_path": {**summarize(poller), "poll_interval_s": poll_interval_s},
+        "target_p99_ms_webhook": 100,
+        "meets_target": summarize(webhook).get("p99_ms", 1e9) <= 100,
+    }
