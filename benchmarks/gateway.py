@@ -105,7 +105,7 @@ def run(duration_s: float, concurrency: int, rounds: int, workdir: Path) -> dict
         gateway = runner.start_gateway("bench-gw", {"FLYWHEEL_MODELS": model})
         try:
             record = {k: float(v) for k, v in wine_data().test_x.iloc[0].items()}
-            targets = {
+            targets: dict[str, tuple[str, dict[str, Any]]] = {
                 "mlflow_models_serve": (
                     f"http://127.0.0.1:{serve_port}/invocations",
                     {"dataframe_records": [record]},
