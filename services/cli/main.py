@@ -100,6 +100,14 @@ def up(
         runner.stop()
 
 
+@app.command()
+def demo(workdir: Path = typer.Option(Path(".flywheel/demo"), help="Logs and embedded data")) -> None:
+    """Scripted end-to-end scenario on embedded defaults; prints what happened; exit 0/1."""
+    from services.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(workdir.resolve()))
+
+
 def _print_json(doc: object) -> None:
     import json
 

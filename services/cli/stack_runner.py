@@ -56,6 +56,14 @@ class StackRunner:
     webhook_secret: str = ""
     _stack: Stack | None = None
 
+    @classmethod
+    def attach(cls, workdir: Path, endpoints: Endpoints, env: Mapping[str, str] | None = None) -> StackRunner:
+        """A runner for services only, on infrastructure that is already running (tests)."""
+        merged = {**os.environ, **(env or {})}
+        runner = cls(workdir=workdir, env=merged, endpoints=endpoints)
+        runner.webhook_secret = merged.get("FLYWHEEL_WEBHOOK_SECRET") or secrets.token_urlsafe(32)
+        return runner
+
     def start_infrastructure(self) -> Endpoints:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._stack = Stack(self.workdir, self.env)

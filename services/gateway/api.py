@@ -26,7 +26,7 @@ from events import InferenceRecorded
 from services.gateway import metrics
 from services.gateway.core.inputs import InputError, parse_inputs
 from services.gateway.inference_events import InferenceEmitter
-from services.gateway.model_loader import LoadedModel, MlflowModelLoader, dspy_lm_factory
+from services.gateway.model_loader import LoadedModel, MlflowModelLoader, dspy_lm_factory, warm_up
 from services.gateway.model_manager import ModelManager, ModelRef
 from services.gateway.reload_listener import ReloadListener
 from services.gateway.reloader import Reloader
@@ -135,6 +135,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw = build_gateway(settings, loader)
         app.state.gateway = gw
+        await run_in_threadpool(warm_up)
         await run_in_threadpool(gw.tracer.prepare)
         gw.emitter.start()
         gw.listener.start()

@@ -116,6 +116,17 @@ def _dspy_fields(program: Any) -> tuple[tuple[InputField, ...], list[str]]:
     return inputs, outputs
 
 
+def warm_up() -> None:
+    """Import the heavy flavour modules once at start-up, so the first preload is not seconds slower."""
+    import importlib
+
+    for module in ("mlflow.pyfunc", "mlflow.sklearn", "sklearn.pipeline", "sklearn.linear_model"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            log.debug("flavour module %s not installed", module)
+
+
 class MlflowModelLoader:
     """`ModelRef -> LoadedModel` against one tracking server (the ModelManager's loader)."""
 
