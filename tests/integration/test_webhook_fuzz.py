@@ -132,6 +132,7 @@ def test_no_5xx_and_nothing_published_for_invalid_deliveries(
     assert sum(statuses.values()) >= EXAMPLES
     reader = TopicReader(stack, "flywheel.registry.alias-changed")
     try:
+
         def ours(e: object) -> bool:
             return isinstance(e, AliasChanged) and e.model.startswith(PREFIX)
 

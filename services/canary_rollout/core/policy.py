@@ -1,0 +1,104 @@
+"""The rollout policy: step schedule and the thresholds the analysis judges a challenger by.
+
+Frozen, because a rollout snapshots the policy it started with (`RolloutState.policy`): a worker restarted
+with a different configuration must not change the meaning of the step index or the thresholds of a
+rollout that is already half-way through. New rollouts pick up the new policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_WEIGHTS: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0)
+
+
+class RolloutPolicy(BaseModel):
+    """How fast traffic moves to the challenger and when the challenger counts as worse."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weights: tuple[float, ...] = Field(
+        default=DEFAULT_WEIGHTS,
+        description="Challenger traffic share in percent per step; strictly increasing, ends at 100.",
+    )
+    step_interval_s: float = Field(
+        default=300.0, ge=0, description="Minimum time at a step before it may advance (exposure time)."
+    )
+    check_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Analysis runs at most this often; each run is one check (so failed checks count "
+        "per interval, not per tick of the adapter).",
+    )
+    min_samples_per_variant: int = Field(
+        default=200, ge=1, description="Inferences each variant needs in the step window before a verdict."
+    )
+    max_error_rate_delta: float = Field(
+        default=0.02, ge=0, le=1, description="Tolerated absolute increase of the challenger's error rate."
+    )
+    max_p95_latency_ratio: float = Field(
+        default=1.25, ge=1, description="Tolerated ratio challenger p95 / champion p95."
+    )
+    max_p95_latency_delta_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="Tolerated absolute p95 increase; a latency regression must exceed both the ratio and "
+        "this delta (so 0.2 ms -> 0.3 ms on a fast model is not a regression).",
+    )
+    min_thumbs_up_delta: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="The challenger's thumbs-up rate may be worse than the champion's by at most this.",
+    )
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level of the one-sided tests.")
+    max_failed_checks: int = Field(
+        default=3, ge=1, description="Roll back once this many checks failed during the rollout."
+    )
+    min_feedback: int = Field(
+        default=30, ge=1, description="Ratings each variant needs before thumbs-up rates are compared."
+    )
+    require_feedback: bool = Field(
+        default=False,
+        description="When true, too little feedback means 'insufficient data' (hold); when false the "
+        "thumbs-up check is skipped until enough feedback arrived.",
+    )
+    catastrophic_alpha: float = Field(
+        default=0.001, gt=0, lt=1, description="Significance level of the immediate-rollback rule."
+    )
+    catastrophic_error_rate_delta: float = Field(
+        default=0.20,
+        gt=0,
+        le=1,
+        description="Error-rate increase that rolls back at once (with p < catastrophic_alpha).",
+    )
+    catastrophic_min_samples: int = Field(
+        default=20,
+        ge=1,
+        description="Challenger inferences needed before the immediate-rollback rule applies.",
+    )
+    max_latency_samples: int = Field(
+        default=5000, ge=10, description="Latency samples kept per variant per step (reservoir sample)."
+    )
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> Self:
+        weights = self.weights
+        if not weights:
+            raise ValueError("weights must not be empty")
+        if any(not 0 < w <= 100 for w in weights):
+            raise ValueError("every weight must be in (0, 100]")
+        if any(b <= a for a, b in itertools.pairwise(weights)):
+            raise ValueError("weights must be strictly increasing")
+        if weights[-1] != 100:
+            raise ValueError("the last weight must be 100 (promotion happens after the 100 % step)")
+        if len(weights) < 2:
+            raise ValueError("at least one step below 100 % is needed: at 100 % the champion gets no traffic")
+        return self
+
+    @property
+    def last_step(self) -> int:
+        return len(self.weights) - 1

@@ -1,0 +1,24 @@
+r"""Rollout lifecycle states (a separate module so records and state can both use it without a cycle).
+
+pending --(champion known)--> progressing(step 0..n) --(last step passes)--> promoted
+   |                              |  \--(failed checks / catastrophic)----> rolled_back
+   |                              \----(challenger deleted, admin abort)--> aborted
+   \--pause--> paused --resume--> (back to where it was)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RolloutStatus(StrEnum):
+    PENDING = "pending"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RolloutStatus.PROMOTED, RolloutStatus.ROLLED_BACK, RolloutStatus.ABORTED)
