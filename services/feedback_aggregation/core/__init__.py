@@ -1,0 +1,1 @@
+"""Pure logic of feedback aggregation: windowed counts, training examples, retraining policy. No I/O."""
