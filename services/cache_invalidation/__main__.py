@@ -1,0 +1,3 @@
+from services.cache_invalidation.main import run
+
+run()

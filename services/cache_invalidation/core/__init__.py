@@ -1,0 +1,1 @@
+"""Pure logic of cache invalidation: which alias change wins. No I/O."""

@@ -1,0 +1,435 @@
+"""Cache invalidation against the real stack: Redis, the Kafka-protocol broker, the worker as a subprocess.
+
+Each test uses its own Redis prefix, model names and consumer group, so tests do not see each other's
+state; a worker only watches the test's models (`FLYWHEEL_MODELS`), so the rest of the shared topic is
+read and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+
+from events import ALIAS_CHANGED, AliasAction, AliasChanged, AliasSource
+from services.cache_invalidation.core.apply import entry_of, replay
+from services.cache_invalidation.resolution_writer import CasStatus, ResolutionWriter
+from services.cache_invalidation.settings import CacheInvalidationSettings
+from services.cache_invalidation.worker import InvalidationHandler, Outcome
+from services.shared.embedded.process import ManagedProcess, free_port, port_open
+from services.shared.embedded.servers import start_redis
+from services.shared.embedded.stack import Endpoints
+from services.shared.kafka.profile import profile_named
+from services.shared.kafka.publisher import KafkaPublisher, Record
+from services.shared.redis_store import RedisKeys, async_redis, sync_redis
+from services.shared.resolution import ReloadNotice, ResolutionEntry, parse_entries
+from tests.support import start_service, unique
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 30.0  # the embedded broker's join alone takes ~3 s; a restart waits for the dead session (6 s)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class Clock:
+    """Strictly increasing event times, so the order of events is the order they were made in."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def tick(self, seconds: float = 0.001) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def alias_event(model: str, alias: str, version: str | None, at: datetime) -> AliasChanged:
+    return AliasChanged(
+        producer="tests",
+        model=model,
+        alias=alias,
+        version=version,
+        action=AliasAction.SET if version is not None else AliasAction.DELETED,
+        source=AliasSource.STAGE,
+        registry_uri="http://mlflow.test",
+        occurred_at=at,
+    )
+
+
+class Notices:
+    """Subscriber on the reload channel, collecting (notice, arrival time) in a thread."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self.received: list[tuple[ReloadNotice, float]] = []
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel)
+        wait_until(lambda: self._pubsub.subscribed, 5, "subscription")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.05)
+            if message and message["type"] == "message":
+                notice = ReloadNotice.model_validate_json(message["data"])
+                with self._lock:
+                    self.received.append((notice, time.monotonic()))
+
+    def of(self, model: str) -> list[ReloadNotice]:
+        with self._lock:
+            return [n for n, _ in self.received if n.model == model]
+
+    def wait_for(self, where: Callable[[ReloadNotice], bool], count: int = 1) -> list[ReloadNotice]:
+        def found() -> list[ReloadNotice]:
+            with self._lock:
+                return [n for n, _ in self.received if where(n)]
+
+        wait_until(lambda: len(found()) >= count, what=f"{count} matching reload notice(s)")
+        return found()
+
+    def arrival_of(self, event_id: str) -> float:
+        with self._lock:
+            return next(t for n, t in self.received if n.event_id == event_id)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._pubsub.close()
+
+
+class Worker:
+    """`flywheel run cache-invalidation` as a subprocess (via tests.support.start_service)."""
+
+    def __init__(
+        self, stack: Endpoints, logdir: Path, prefix: str, models: Sequence[str], group_id: str
+    ) -> None:
+        self.stack = stack
+        self.logdir = logdir
+        self.env = {
+            "FLYWHEEL_REDIS_PREFIX": prefix,
+            "FLYWHEEL_MODELS": ",".join(models),
+            "FLYWHEEL_INVALIDATION_GROUP_ID": group_id,
+            "FLYWHEEL_INVALIDATION_WEB_PORT": str(free_port()),
+            "FLYWHEEL_LOG_LEVEL": "INFO",
+        }
+        self.proc: ManagedProcess | None = None
+
+    def _log(self) -> str:
+        try:
+            return (self.logdir / "cache-invalidation-worker.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def start(self, timeout_s: float = WAIT_S) -> Worker:
+        """Start and wait until the consumer group assigned it the topic's partitions."""
+        assigned_before = self._log().count("partitions assigned")
+        self.proc, _ = start_service("cache-invalidation", self.stack, self.logdir, self.env)
+        proc = self.proc
+        proc.wait_ready(lambda: self._log().count("partitions assigned") > assigned_before, timeout_s)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def log_count(self, text: str) -> int:
+        return self._log().count(text)
+
+
+@pytest.fixture()
+def redis_client(stack: Endpoints) -> Iterator[redis.Redis]:
+    client = sync_redis(stack.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def publisher(stack: Endpoints) -> Iterator[KafkaPublisher]:
+    pub = KafkaPublisher(
+        stack.kafka_bootstrap_servers, profile_named(stack.kafka_profile), client_id="tests-invalidation"
+    )
+    yield pub
+    pub.close()
+
+
+@pytest.fixture()
+def keys() -> RedisKeys:
+    return RedisKeys(unique("ci"))
+
+
+@pytest.fixture()
+def notices(redis_client: redis.Redis, keys: RedisKeys) -> Iterator[Notices]:
+    collector = Notices(redis_client, keys.reload_channel())
+    yield collector
+    collector.close()
+
+
+@pytest.fixture()
+def workers(stack: Endpoints, tmp_path: Path, keys: RedisKeys) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def make(models: Sequence[str], *, group_id: str | None = None, name: str = "w") -> Worker:
+        worker = Worker(stack, tmp_path / name, keys.prefix, models, group_id or unique("ci-group"))
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.stop()
+
+
+def resolution(client: redis.Redis, keys: RedisKeys, model: str) -> dict[str, ResolutionEntry]:
+    return parse_entries(client.hgetall(keys.resolution(model)))  # type: ignore[arg-type]
+
+
+def versions(client: redis.Redis, keys: RedisKeys, model: str) -> dict[str, str | None]:
+    return {alias: e.version for alias, e in resolution(client, keys, model).items()}
+
+
+def test_changes_are_applied_notified_in_order_and_drop_model_cache(
+    publisher: KafkaPublisher,
+    redis_client: redis.Redis,
+    keys: RedisKeys,
+    notices: Notices,
+    workers: Callable[..., Worker],
+) -> None:
+    model, other, probe = unique("ci_m"), unique("ci_o"), unique("ci_p")
+    redis_client.set(f"{keys.prefix}:cache:{model}:champion:1", "cached prediction")
+    redis_client.set(f"{keys.prefix}:cache:{model}:challenger:2", "cached prediction")
+    survivors = [f"{keys.prefix}:cache:{other}:champion:1", f"{keys.prefix}:cache:{model}x:champion:1"]
+    for key in survivors:
+        redis_client.set(key, "must stay")
+    worker = workers([model, other, probe]).start()
+    clock = Clock()
+
+    # Publish -> notice on a running worker, one change at a time (the first one right after the join).
+    latencies_ms = []
+    for i in range(11):
+        probe_event = alias_event(probe, "champion", str(i + 1), clock.tick())
+        sent = time.monotonic()
+        publisher.publish_sync([Record.of(probe_event)])
+        notices.wait_for(lambda n, e=probe_event: n.event_id == e.event_id)  # type: ignore[misc]
+        latencies_ms.append((notices.arrival_of(probe_event.event_id) - sent) * 1000)
+    steady = sorted(latencies_ms[1:])
+    print(
+        f"\npublish -> reload notice: first after join {latencies_ms[0]:.0f} ms; "
+        f"then p50 {steady[len(steady) // 2]:.0f} ms, max {steady[-1]:.0f} ms (n={len(steady)})"
+    )
+    assert versions(redis_client, keys, probe) == {"champion": "11"}
+
+    first = alias_event(model, "champion", "1", clock.tick())
+    publisher.publish_sync([Record.of(first)])
+    notices.wait_for(lambda n: n.event_id == first.event_id)
+    assert redis_client.keys(f"{keys.prefix}:cache:{model}:*") == []
+    assert all(redis_client.exists(key) for key in survivors)
+
+    rest = [
+        alias_event(model, "champion", "2", clock.tick()),
+        alias_event(model, "challenger", "3", clock.tick()),
+        alias_event(model, "champion", None, clock.tick()),
+        alias_event(model, "challenger", "4", clock.tick()),
+    ]
+    # Not events, or events this consumer cannot read: logged, counted and skipped.
+    junk = [
+        Record(ALIAS_CHANGED, model.encode(), b"not json"),
+        Record(ALIAS_CHANGED, model.encode(), json.dumps({"schema": "flywheel.alias-changed/v9"}).encode()),
+        Record(ALIAS_CHANGED, model.encode(), json.dumps({"schema": "flywheel.nonsense/v1"}).encode()),
+    ]
+    publisher.publish_sync([Record.of(rest[0]), *junk, *(Record.of(e) for e in rest[1:])])
+    got = notices.wait_for(lambda n: n.model == model, 5)
+    assert [(n.alias, n.version, n.event_id) for n in got] == [
+        (e.alias, e.version, e.event_id) for e in [first, *rest]
+    ]
+    assert versions(redis_client, keys, model) == {"champion": None, "challenger": "4"}
+    assert resolution(redis_client, keys, model)["champion"] == entry_of(rest[2])
+    assert model in redis_client.smembers(keys.resolution_models())  # type: ignore[operator]
+    assert all(redis_client.exists(key) for key in survivors)
+    assert worker.log_count("skipping unreadable message") == len(junk)
+
+
+def test_set_older_than_a_tombstone_is_ignored(
+    publisher: KafkaPublisher,
+    redis_client: redis.Redis,
+    keys: RedisKeys,
+    notices: Notices,
+    workers: Callable[..., Worker],
+) -> None:
+    model = unique("ci_t")
+    clock = Clock()
+    old_set = alias_event(model, "champion", "1", clock.tick())
+    delete = alias_event(model, "champion", None, clock.tick())
+    marker = alias_event(model, "challenger", "2", clock.tick())
+    workers([model]).start()
+    # The delete arrives first; the older set is delivered late (e.g. the poller's catch-up).
+    publisher.publish_sync([Record.of(delete), Record.of(old_set), Record.of(marker)])
+    notices.wait_for(lambda n: n.event_id == marker.event_id)  # per-model order: old_set was handled
+    assert [n.event_id for n in notices.of(model)] == [delete.event_id, marker.event_id]
+    assert resolution(redis_client, keys, model)["champion"] == entry_of(delete)
+
+
+def test_kill_9_mid_stream_then_restart_loses_no_event(
+    publisher: KafkaPublisher,
+    redis_client: redis.Redis,
+    keys: RedisKeys,
+    notices: Notices,
+    workers: Callable[..., Worker],
+) -> None:
+    model = unique("ci_k")
+    clock = Clock()
+    worker = workers([model], name="crash").start()
+    batch1 = [alias_event(model, "champion", str(1 + i % 2), clock.tick()) for i in range(50)]
+    publisher.publish_sync([Record.of(e) for e in batch1])
+    notices.wait_for(lambda n: n.model == model, 5)
+    worker.kill()
+    seen_at_kill = len(notices.of(model))
+    print(f"\nkilled after {seen_at_kill}/50 notices")
+
+    restarted = time.monotonic()
+    worker.start(timeout_s=60)
+    print(f"restart -> partitions assigned again: {time.monotonic() - restarted:.1f} s")
+    batch2 = [alias_event(model, "champion", str(3 + i % 2), clock.tick()) for i in range(10)]
+    publisher.publish_sync([Record.of(e) for e in batch2])
+    last = batch2[-1]
+    wait_until(
+        lambda: resolution(redis_client, keys, model).get("champion") == entry_of(last),
+        what="last event applied after the restart",
+    )
+    notices.wait_for(lambda n: n.event_id == last.event_id)
+
+    assert versions(redis_client, keys, model) == {"champion": last.version}
+    got = notices.of(model)
+    # At least once: every event was announced; redelivery may repeat the newest applied one.
+    assert {n.event_id for n in got} == {e.event_id for e in batch1 + batch2}
+    # Never backwards: notices follow event order (a repeat is allowed, an older event is not).
+    times = [n.occurred_at for n in got]
+    assert times == sorted(times)
+    redelivered = len(got) - 60
+    print(f"notices: {len(got)} for 60 events ({redelivered} sent again after the crash)")
+
+
+def test_replay_with_new_group_keeps_state_and_announces_no_stale_event(
+    publisher: KafkaPublisher,
+    redis_client: redis.Redis,
+    keys: RedisKeys,
+    notices: Notices,
+    workers: Callable[..., Worker],
+) -> None:
+    model = unique("ci_r")
+    clock = Clock()
+    history = [
+        alias_event(model, "champion", "1", clock.tick()),
+        alias_event(model, "challenger", "2", clock.tick()),
+        alias_event(model, "champion", "2", clock.tick()),
+        alias_event(model, "challenger", None, clock.tick()),
+        alias_event(model, "champion", "3", clock.tick()),
+        alias_event(model, "staging", "1", clock.tick()),
+    ]
+    first = workers([model], name="first").start()
+    publisher.publish_sync([Record.of(e) for e in history])
+    notices.wait_for(lambda n: n.event_id == history[-1].event_id)
+    first.stop()
+    state = resolution(redis_client, keys, model)
+    assert {a: e.version for a, e in state.items()} == {"champion": "3", "challenger": None, "staging": "1"}
+    before = len(notices.of(model))
+    assert before == len(history)
+
+    replayer = workers([model], name="replay")
+    replayer.start()
+    marker = alias_event(model, "marker", "9", clock.tick())
+    publisher.publish_sync([Record.of(marker)])
+    notices.wait_for(lambda n: n.event_id == marker.event_id)  # the replay reached the end
+
+    assert resolution(redis_client, keys, model) == {**state, "marker": entry_of(marker)}
+    during_replay = notices.of(model)[before:]
+    current_ids = {e.event_id for e in state.values()}
+    # Only the events that *are* the current entries are announced again (at-least-once redelivery);
+    # the stale ones (overtaken by newer events) are not.
+    assert {n.event_id for n in during_replay} == current_ids | {marker.event_id}
+    assert len(during_replay) == len(current_ids) + 1
+
+
+async def test_compare_and_set_in_redis_matches_the_pure_decision(stack: Endpoints) -> None:
+    """The Lua script and `core.apply` agree on every random, shuffled, duplicated history."""
+    keys = RedisKeys(unique("cas"))
+    client = async_redis(stack.redis_url)
+    writer = ResolutionWriter(client, keys)
+    rng = random.Random(20260101)
+    try:
+        for round_ in range(40):
+            model = f"m{round_}"
+            clock = Clock()
+            events = []
+            for _ in range(rng.randint(1, 25)):
+                at = clock.now if rng.random() < 0.2 else clock.tick(rng.choice([0.000001, 0.5, 1.0]))
+                version = rng.choice([None, "1", "2", "3"])
+                events.append(alias_event(model, rng.choice(["champion", "challenger"]), version, at))
+            delivered = events + rng.choices(events, k=len(events))
+            rng.shuffle(delivered)
+            for event in delivered:
+                await writer.compare_and_set(model, event.alias, entry_of(event))
+            assert await writer.read(model) == replay(events).get(model, {})
+        # Entries written by someone else in another RFC 3339 spelling are compared by time too.
+        await client.hset(
+            keys.resolution("x"),
+            "champion",
+            json.dumps({"version": "5", "event_id": "zz", "occurred_at": "2026-01-01T00:00:05+00:00"}),
+        )
+        older = alias_event("x", "champion", "4", datetime(2026, 1, 1, 0, 0, 4, 500000, tzinfo=UTC))
+        newer = alias_event("x", "champion", "6", datetime(2026, 1, 1, 0, 0, 5, 1, tzinfo=UTC))
+        assert (await writer.compare_and_set("x", "champion", entry_of(older))).status is CasStatus.STALE
+        assert (await writer.compare_and_set("x", "champion", entry_of(newer))).status is CasStatus.APPLIED
+        again = await writer.compare_and_set("x", "champion", entry_of(newer))
+        assert again.status is CasStatus.ALREADY and again.stored == entry_of(newer)
+    finally:
+        await client.aclose()
+
+
+async def test_handler_waits_for_redis_instead_of_skipping_the_event(tmp_path: Path) -> None:
+    """Redis down: the handler retries with back-off and applies the event once Redis is back."""
+    port = free_port()
+    settings = CacheInvalidationSettings(
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        redis_prefix=unique("down"),
+        invalidation_retry_initial_s=0.05,
+        invalidation_retry_max_s=0.2,
+    )
+    handler = InvalidationHandler(
+        settings, redis_factory=lambda: async_redis(settings.redis_url, timeout_s=0.5)
+    )
+    event = alias_event(unique("ci_d"), "champion", "1", datetime.now(UTC))
+    task = asyncio.create_task(handler.handle(Record.of(event).value))
+    await asyncio.sleep(1.0)
+    assert not task.done()  # still retrying: the event is neither applied nor dropped
+    assert not port_open("127.0.0.1", port)
+    server, url = await asyncio.to_thread(start_redis, tmp_path / "redis", port)
+    try:
+        handled = await asyncio.wait_for(task, WAIT_S)
+        assert handled.outcome is Outcome.APPLIED
+        client = sync_redis(url)
+        stored = parse_entries(client.hgetall(RedisKeys(settings.redis_prefix).resolution(event.model)))  # type: ignore[arg-type]
+        client.close()
+        assert stored == {"champion": entry_of(event)}
+    finally:
+        await handler.close()
+        server.stop()
