@@ -8,6 +8,7 @@ from collections.abc import Callable
 SERVICES: dict[str, str] = {
     "registry-watcher": "services.registry_watcher.main:run",
     "gateway": "services.gateway.main:run",
+    "canary-rollout": "services.canary_rollout.main:run",
     "cache-invalidation": "services.cache_invalidation.main:run",
 }
 

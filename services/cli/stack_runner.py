@@ -135,6 +135,17 @@ class StackRunner:
         self.start_cache_invalidation(extra_env=extra_env)
         return [self.start_gateway(f"gateway-{i + 1}", extra_env) for i in range(replicas)]
 
+    def start_canary(self, extra_env: Mapping[str, str] | None = None) -> RunningService:
+        """The canary rollout worker with its control API (FLYWHEEL_CANARY_PORT) and dashboard."""
+        env = {"FLYWHEEL_CANARY_WEB_PORT": str(free_port()), **(extra_env or {})}
+        return self.start_service(
+            "canary-rollout",
+            instance="canary-rollout",
+            port_var="FLYWHEEL_CANARY_PORT",
+            extra_env=env,
+            ready_path="/readyz",
+        )
+
     def register_webhook(self, url: str) -> None:
         assert self.endpoints is not None
         register_webhook(

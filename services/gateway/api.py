@@ -34,6 +34,7 @@ from services.gateway.schemas import PredictRequest, PredictResponse
 from services.gateway.serving_table import ServingTable
 from services.gateway.settings import GatewaySettings
 from services.gateway.tracing import PredictionTracer
+from services.gateway.traffic_router import TrafficRouter, routing_key
 from services.shared.http_ops import ReadinessCheck, add_ops_routes
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
@@ -59,6 +60,7 @@ class Gateway:
     tracer: PredictionTracer
     emitter: InferenceEmitter
     publisher: KafkaPublisher | None
+    router: TrafficRouter
     started: asyncio.Event
 
 
@@ -113,6 +115,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         tracer=tracer,
         emitter=emitter,
         publisher=publisher,
+        router=TrafficRouter(redis, keys),
         started=asyncio.Event(),
     )
 
@@ -193,6 +196,22 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
         except LookupError as exc:
             raise HTTPException(503, detail=str(exc)) from exc
 
+    async def choose_alias(
+        gw: Gateway, name: str, alias: str | None, body: PredictRequest
+    ) -> tuple[str, str, str | None]:
+        """(alias, variant, rollout id): an explicit alias wins; else the canary split decides, sticky per
+        user (or per request content) and only once the challenger is loaded on this replica."""
+        champion, challenger = gw.settings.champion_alias, gw.settings.challenger_alias
+        if alias is not None:
+            return alias, ("challenger" if alias == challenger else "champion"), None
+        route = await gw.router.route(name, routing_key(body.user_id, body.inputs))
+        if route.variant == "challenger":
+            loaded = gw.table.get(name, challenger)
+            split = gw.router.split(name)
+            if loaded is not None and split is not None and loaded.version == split.challenger_version:
+                return challenger, "challenger", route.rollout_id
+        return champion, "champion", route.rollout_id
+
     async def pinned(gw: Gateway, name: str, version: str) -> LoadedModel:
         try:
             return await run_in_threadpool(gw.manager.load, ModelRef(name, version=version))
@@ -214,9 +233,9 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
             raise HTTPException(404, detail=f"model {name!r} is not served by this gateway")
         if version is not None:
             loaded, variant, served_alias = await pinned(gw, name, version), "pinned", None
+            rollout_id = None
         else:
-            served_alias = alias or gw.settings.champion_alias
-            variant = "challenger" if served_alias == gw.settings.challenger_alias else "champion"
+            served_alias, variant, rollout_id = await choose_alias(gw, name, alias, body)
             loaded = gw.table.get(name, served_alias) or await first_load(gw, name, served_alias)
         try:
             parsed = parse_inputs(body.inputs, loaded.input_fields, max_rows=gw.settings.max_batch_rows)
@@ -257,6 +276,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
                 version=loaded.version,
                 alias=served_alias,
                 variant=variant,
+                rollout_id=rollout_id,
                 request_id=request_id,
                 trace_id=trace_id,
                 replica=gw.replica,
@@ -311,7 +331,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
             "swapped_at": gw.table.swapped_at(name),
             "resolution_cache": resolution,
             "reload_errors": {a: e for (m, a), e in gw.reloader.last_error.items() if m == name},
-            "traffic_split": None,
+            "traffic_split": split.model_dump(mode="json") if (split := gw.router.split(name)) else None,
             "cache": gw.manager.get_cache_stats().as_dict(),
             "inference_events_pending": gw.emitter.pending(),
         }

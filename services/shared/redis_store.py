@@ -69,7 +69,24 @@ class RedisKeys:
         return f"{self.prefix}:reload"
 
     def traffic_split(self, model: str) -> str:
+        """TrafficSplit JSON of the model's canary rollout (services.shared.traffic)."""
         return f"{self.prefix}:traffic:{model}"
+
+    # canary rollout
+    def rollout_state(self, model: str) -> str:
+        """CanaryState JSON of the model's rollout machine (persisted after every decision and tick)."""
+        return f"{self.prefix}:canary:state:{model}"
+
+    def rollout_models(self) -> str:
+        return f"{self.prefix}:canary:models"
+
+    def rollout_decisions(self, model: str) -> str:
+        """List of DecisionRecord JSON, oldest first (capped): the dashboard's history."""
+        return f"{self.prefix}:canary:decisions:{model}"
+
+    def rollout_aliases(self, model: str) -> str:
+        """Hash alias -> version as seen on the alias-changed stream (champion at challenger time)."""
+        return f"{self.prefix}:canary:aliases:{model}"
 
     def request_log(self, request_id: str) -> str:
         return f"{self.prefix}:request:{request_id}"

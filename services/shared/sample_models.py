@@ -14,6 +14,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 from sklearn.datasets import load_wine
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -87,6 +88,52 @@ def register_wine_version(
         info = mlflow.sklearn.log_model(
             model,
             name="model",
+            input_example=data.train_x.head(3),
+            registered_model_name=model_name,
+            await_registration_for=60,
+        )
+    return str(info.registered_model_version), accuracy
+
+
+class FlakyWineModel(PythonModel):
+    """A deliberately broken version: fails on every sample whose alcohol exceeds `threshold`."""
+
+    def __init__(self, threshold: float = 13.0) -> None:
+        self.threshold = threshold
+
+    def load_context(self, context: Any) -> None:
+        import joblib
+
+        self.model = joblib.load(context.artifacts["model"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
+        if (model_input["alcohol"] > self.threshold).any():
+            raise ValueError(f"broken model: alcohol above {self.threshold}")
+        return self.model.predict(model_input)
+
+
+def register_broken_version(
+    tracking_uri: str, model_name: str, *, experiment: str = "flywheel/demo"
+) -> tuple[str, float]:
+    """A version that raises on roughly half of the inputs (for rollback demos and tests)."""
+    import tempfile
+    from pathlib import Path
+
+    import joblib
+
+    data = wine_data()
+    model, accuracy = train_wine("strong", data)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
+        run_name="broken_logreg", tags=standard_tags("pyfunc")
+    ):
+        path = Path(tmp) / "model.joblib"
+        joblib.dump(model, path)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=FlakyWineModel(),
+            artifacts={"model": str(path)},
             input_example=data.train_x.head(3),
             registered_model_name=model_name,
             await_registration_for=60,

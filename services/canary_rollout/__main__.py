@@ -1,0 +1,3 @@
+from services.canary_rollout.main import run
+
+run()

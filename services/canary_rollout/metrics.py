@@ -1,0 +1,11 @@
+"""Prometheus metrics of the canary rollout worker."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+DECISIONS = Counter("flywheel_canary_decisions_total", "Rollout decisions", ["decision"])
+OBSERVATIONS = Counter("flywheel_canary_observations_total", "Observations counted", ["kind"])
+GUARDED = Counter("flywheel_canary_guarded_total", "Registry writes skipped: the registry changed since")
+WEIGHT = Gauge("flywheel_canary_weight_percent", "Challenger traffic share", ["model"])
+ERRORS = Counter("flywheel_canary_errors_total", "Failures handling an input (retried)", ["stage"])
