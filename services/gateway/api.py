@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +25,14 @@ from redis.exceptions import RedisError
 from events import InferenceRecorded
 from services.gateway import metrics
 from services.gateway.core.inputs import InputError, parse_inputs
+from services.gateway.feedback import FeedbackService
+from services.gateway.feedback_api import add_feedback_routes
 from services.gateway.inference_events import InferenceEmitter
 from services.gateway.model_loader import LoadedModel, MlflowModelLoader, dspy_lm_factory, warm_up
 from services.gateway.model_manager import ModelManager, ModelRef
 from services.gateway.reload_listener import ReloadListener
 from services.gateway.reloader import Reloader
+from services.gateway.request_log import RequestLog, ServedRequest
 from services.gateway.schemas import PredictRequest, PredictResponse
 from services.gateway.serving_table import ServingTable
 from services.gateway.settings import GatewaySettings
@@ -61,6 +64,8 @@ class Gateway:
     emitter: InferenceEmitter
     publisher: KafkaPublisher | None
     router: TrafficRouter
+    request_log: RequestLog
+    feedback: FeedbackService
     started: asyncio.Event
 
 
@@ -116,6 +121,8 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         emitter=emitter,
         publisher=publisher,
         router=TrafficRouter(redis, keys),
+        request_log=RequestLog(redis, keys, settings.request_log_ttl_s),
+        feedback=FeedbackService(settings.mlflow_tracking_uri),
         started=asyncio.Event(),
     )
 
@@ -127,8 +134,14 @@ def _json_size(value: Any) -> int:
         return 1 << 30
 
 
-class PredictionFailed(Exception):
-    pass
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _in_background(coro: Coroutine[Any, Any, None]) -> None:
+    """Fire-and-forget, keeping a reference until done (the loop only holds weak ones)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoader | None = None) -> FastAPI:
@@ -173,6 +186,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
         return {"models_preloaded": serving_started}
 
     add_ops_routes(app, checks)
+    add_feedback_routes(app, gateway)
 
     async def first_load(gw: Gateway, name: str, alias: str) -> LoadedModel:
         """An alias this replica has not served yet: resolve (cache, else MLflow) and load it once."""
@@ -269,25 +283,40 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
         metrics.REQUESTS.labels(name, loaded.version, variant, status).inc()
         metrics.LATENCY.labels(name).observe(latency_ms / 1000)
         limit = gw.settings.max_logged_payload_bytes
-        gw.emitter.emit(
-            InferenceRecorded(
-                producer=f"gateway/{gw.replica}",
+        logged_inputs = body.inputs if _json_size(body.inputs) <= limit else None
+        logged_outputs = outputs if error is None and _json_size(outputs) <= limit else None
+        event = InferenceRecorded(
+            producer=f"gateway/{gw.replica}",
+            model=name,
+            version=loaded.version,
+            alias=served_alias,
+            variant=variant,
+            rollout_id=rollout_id,
+            request_id=request_id,
+            trace_id=trace_id,
+            replica=gw.replica,
+            user_id=body.user_id,
+            status=status,
+            error_type=type(error).__name__ if error else None,
+            latency_ms=latency_ms,
+            inputs=logged_inputs,
+            outputs=logged_outputs,
+        )
+        gw.emitter.emit(event)
+        if error is None:
+            served = ServedRequest(
+                request_id=request_id,
                 model=name,
                 version=loaded.version,
-                alias=served_alias,
                 variant=variant,
                 rollout_id=rollout_id,
-                request_id=request_id,
                 trace_id=trace_id,
-                replica=gw.replica,
                 user_id=body.user_id,
-                status=status,
-                error_type=type(error).__name__ if error else None,
-                latency_ms=latency_ms,
-                inputs=body.inputs if _json_size(body.inputs) <= limit else None,
-                outputs=outputs if error is None and _json_size(outputs) <= limit else None,
+                inputs=logged_inputs,
+                outputs=logged_outputs,
+                served_at=event.occurred_at,
             )
-        )
+            _in_background(gw.request_log.remember(served))
         if error is not None:
             if "schema" in str(error).lower() and "enforce" in str(error).lower():
                 raise HTTPException(422, detail={"field": "inputs", "message": str(error)[:500]})

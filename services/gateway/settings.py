@@ -34,6 +34,9 @@ class GatewaySettings(FlywheelSettings):
     max_logged_payload_bytes: int = Field(
         default=16_384, ge=0, description="Inputs/outputs larger than this are not copied into events."
     )
+    request_log_ttl_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long served requests can receive feedback."
+    )
     dspy_lm: str | None = Field(
         default=None,
         description="LiteLLM model string for DSPy programs (e.g. openai/gpt-4o-mini); 'dummy' for tests.",

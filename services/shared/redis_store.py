@@ -91,5 +91,9 @@ class RedisKeys:
     def request_log(self, request_id: str) -> str:
         return f"{self.prefix}:request:{request_id}"
 
+    def trace_request(self, trace_id: str) -> str:
+        """trace id -> request id of a served prediction (feedback by trace id)."""
+        return f"{self.prefix}:trace-request:{trace_id}"
+
     def feedback_seen(self, request_id: str, user_id: str) -> str:
         return f"{self.prefix}:feedback-seen:{request_id}:{user_id}"

@@ -204,3 +204,72 @@ def test_missed_notice_is_caught_by_reconciliation(
     assert wait_for_version(gateway, name, "2", timeout_s=10) > 0.0
     info = gateway.get(f"/v1/models/{name}").json()
     assert info["aliases"] == {"champion": "2"} and info["cache"]["loads"] >= 2
+
+
+def test_feedback_recorded_on_trace_and_published_once(
+    gateway: TestClient, wine_model: tuple[str, dict[str, float]], stack: Endpoints, resolution: Resolution
+) -> None:
+    from events import FEEDBACK_RECORDED, FeedbackRecorded
+
+    name, _ = wine_model
+    resolution.move(name, "champion", "2")
+    wait_for_version(gateway, name, "2")
+    served = gateway.post(f"/v1/models/{name}/predict", json={"inputs": record(3), "user_id": "bob"}).json()
+    reader = TopicReader(stack, FEEDBACK_RECORDED)
+    try:
+        body = {
+            "request_id": served["request_id"],
+            "rating": "thumbs_down",
+            "corrected_output": 1,
+            "comment": "wrong class",
+            "user_id": "bob",
+        }
+        first = gateway.post("/v1/feedback", json=body)
+        assert first.status_code == 202, first.text
+        again = gateway.post("/v1/feedback", json={**body, "rating": "thumbs_up"})
+        assert again.status_code == 202 and again.json() == {
+            "feedback_id": first.json()["feedback_id"],
+            "duplicate": True,
+        }
+        by_trace = gateway.post(
+            "/v1/feedback", json={"trace_id": served["trace_id"], "rating": "thumbs_up", "user_id": "carol"}
+        )
+        assert by_trace.status_code == 202 and by_trace.json()["duplicate"] is False
+        events = reader.wait_for(
+            lambda e: isinstance(e, FeedbackRecorded) and e.request_id == served["request_id"], 2
+        )
+        reader.settle(1.0)
+        events = reader.events(
+            lambda e: isinstance(e, FeedbackRecorded) and e.request_id == served["request_id"]
+        )
+    finally:
+        reader.close()
+    assert len(events) == 2, events
+    bob = next(e for e in events if isinstance(e, FeedbackRecorded) and e.user_id == "bob")
+    assert isinstance(bob, FeedbackRecorded)
+    assert (bob.model, bob.version, bob.rating.value, bob.corrected_output) == (name, "2", "thumbs_down", 1)
+    assert bob.inputs == record(3) and bob.outputs == served["outputs"] and bob.trace_id == served["trace_id"]
+
+    trace = mlflow.get_trace(served["trace_id"])
+    assert trace is not None
+    names = {a.name for a in trace.info.assessments}
+    assert {"user_rating", "corrected_output", "comment"} <= names, names
+
+
+def test_feedback_rejects_unknown_requests_and_bad_fields(gateway: TestClient) -> None:
+    unknown = gateway.post(
+        "/v1/feedback", json={"request_id": "nope-" + uuid.uuid4().hex, "rating": "thumbs_up"}
+    )
+    assert unknown.status_code == 404 and "request_id" in unknown.text
+    bad = gateway.post("/v1/feedback", json={"request_id": "x", "rating": "great"})
+    assert bad.status_code == 422 and "rating" in bad.text
+    neither = gateway.post("/v1/feedback", json={"rating": "thumbs_up"})
+    assert neither.status_code == 422 and "request_id or trace_id" in neither.text
+    long = gateway.post(
+        "/v1/feedback", json={"request_id": "x", "rating": "thumbs_up", "comment": "a" * 5000}
+    )
+    assert long.status_code == 422 and "comment" in long.text
+    huge = gateway.post(
+        "/v1/feedback", json={"request_id": "x", "rating": "thumbs_up", "corrected_output": "a" * 20000}
+    )
+    assert huge.status_code == 422 and "corrected_output" in huge.text
