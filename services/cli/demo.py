@@ -8,6 +8,7 @@ accuracy each version achieved on the traffic it served. Exit status 0 only if a
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.stack_runner import RunningService, StackRunner
-from services.shared.sample_models import register_wine_version, wine_data
+from services.shared.sample_models import register_broken_version, register_wine_version, wine_data
 
 console = Console()
 
@@ -41,9 +42,22 @@ class Traffic:
 
 
 class TrafficClient:
-    """Threads sending held-out samples to every replica in turn until stopped."""
+    """Threads sending held-out samples to every replica in turn until stopped.
 
-    def __init__(self, replicas: list[RunningService], model: str, threads: int = 4) -> None:
+    With `users=True` each request comes from a new simulated user (so a canary split applies); with
+    `feedback=True` every user rates the answer honestly against the held-out label: thumbs up when
+    right, thumbs down with the correct label as `corrected_output` when wrong.
+    """
+
+    def __init__(
+        self,
+        replicas: list[RunningService],
+        model: str,
+        threads: int = 4,
+        *,
+        users: bool = False,
+        feedback: bool = False,
+    ) -> None:
         data = wine_data()
         self.samples = [
             ({k: float(v) for k, v in row.items()}, int(label))
@@ -51,7 +65,12 @@ class TrafficClient:
         ]
         self.replicas = replicas
         self.model = model
+        self.users = users
+        self.feedback = feedback
         self.traffic = Traffic()
+        self.variants: dict[tuple[str, str], list[bool]] = {}
+        self.feedback_sent = 0
+        self._threads_n = threads
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
@@ -61,11 +80,13 @@ class TrafficClient:
             while not self._stop.is_set():
                 replica = self.replicas[i % len(self.replicas)]
                 record, label = self.samples[i % len(self.samples)]
-                i += 1
+                user = f"user-{worker}-{i}" if self.users else None
+                i += self._threads_n
                 sent = time.time()
                 try:
                     resp = client.post(
-                        f"{replica.url}/v1/models/{self.model}/predict", json={"inputs": record}
+                        f"{replica.url}/v1/models/{self.model}/predict",
+                        json={"inputs": record, "user_id": user},
                     )
                 except httpx.HTTPError as exc:
                     self.traffic.add((sent, replica.name, None, None), f"{replica.name}: {exc!r}")
@@ -74,7 +95,20 @@ class TrafficClient:
                     self.traffic.add((sent, replica.name, None, None), f"{replica.name}: {resp.status_code}")
                     continue
                 body = resp.json()
-                self.traffic.add((sent, replica.name, str(body["version"]), body["outputs"] == label))
+                correct = body["outputs"] == label
+                self.traffic.add((sent, replica.name, str(body["version"]), correct))
+                with self.traffic.lock:
+                    self.variants.setdefault((body["variant"], str(body["version"])), []).append(correct)
+                if self.feedback:
+                    rating = {"request_id": body["request_id"], "user_id": user}
+                    rating |= (
+                        {"rating": "thumbs_up"}
+                        if correct
+                        else {"rating": "thumbs_down", "corrected_output": label}
+                    )
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.post(f"{replica.url}/v1/feedback", json=rating).status_code == 202:
+                            self.feedback_sent += 1
 
     def start(self) -> None:
         for t in self._threads:
@@ -162,7 +196,108 @@ def act_hot_reload(runner: StackRunner, tracking_uri: str, model: str) -> tuple[
         "failed": len(errors),
         "switch_ms": switch_ms,
         "accuracy": {v1: acc1, v2: acc2},
+        "replicas": replicas,
     }
+
+
+DEMO_CANARY_ENV = {
+    "FLYWHEEL_CANARY_STEP_INTERVAL_S": "3",
+    "FLYWHEEL_CANARY_CHECK_INTERVAL_S": "1",
+    "FLYWHEEL_CANARY_MIN_SAMPLES": "40",
+    "FLYWHEEL_CANARY_MIN_FEEDBACK": "20",
+    "FLYWHEEL_CANARY_MAX_FAILED_CHECKS": "2",
+    "FLYWHEEL_CANARY_TICK_S": "0.5",
+}
+
+
+def _alias(client: MlflowClient, model: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(model, alias).version)
+    except Exception:
+        return None
+
+
+def _rollout(canary: RunningService, model: str) -> dict[str, Any] | None:
+    try:
+        resp = httpx.get(f"{canary.url}/v1/rollouts/{model}", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return resp.json() if resp.status_code == 200 else None
+
+
+def _run_rollout(
+    client: MlflowClient,
+    canary: RunningService,
+    replicas: list[RunningService],
+    model: str,
+    challenger: str,
+    timeout_s: float = 180,
+) -> tuple[dict[str, Any] | None, TrafficClient]:
+    """Set `challenger`, send honest user traffic until the rollout ended; the final rollout view."""
+    traffic = TrafficClient(replicas, model, users=True, feedback=True)
+    traffic.start()
+    started = time.time()
+    client.set_registered_model_alias(model, "challenger", challenger)
+    console.print(f"alias challenger -> v{challenger}; simulated users send traffic and honest feedback")
+    seen: set[int] = set()
+    view = None
+    try:
+        while time.time() - started < timeout_s:
+            view = _rollout(canary, model)
+            if view and view["challenger_version"] == challenger:
+                for d in view.get("decisions", []):
+                    if d["seq"] not in seen:
+                        seen.add(d["seq"])
+                        holds = sum(
+                            1 for x in view["decisions"] if x["decision"] == "hold" and x["seq"] <= d["seq"]
+                        )
+                        if d["decision"] == "hold" and holds % 10 != 1:
+                            continue  # one hold line in ten: the analysis runs every second
+                        console.print(
+                            f"  t+{time.time() - started:5.1f}s  {d['decision']:<8} step {d['step']} "
+                            f"weight {d['weight']:>5.1f}%  {d['reason']}"
+                        )
+                if not view["active"]:
+                    break
+            time.sleep(0.5)
+    finally:
+        traffic.stop()
+    return view, traffic
+
+
+def act_canary(runner: StackRunner, tracking_uri: str, model: str, replicas: list[RunningService]) -> bool:
+    console.rule("[bold]Act 2: canary rollouts decided by measured traffic")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.set_registered_model_alias(model, "champion", "1")
+    wait_until_serving(replicas, model, "1")
+    console.print("champion back at v1 (hot reload); starting the canary rollout service")
+    canary = runner.start_canary(DEMO_CANARY_ENV)
+    view, traffic = _run_rollout(client, canary, replicas, model, "2")
+    promoted = bool(view and view["status"] == "promoted" and _alias(client, model, "champion") == "2")
+    for (variant, version), results in sorted(traffic.variants.items()):
+        console.print(
+            f"  {variant} v{version}: {len(results)} answers, live accuracy {sum(results) / len(results):.3f}"
+        )
+    console.print(f"  feedback sent: {traffic.feedback_sent}; errors: {len(traffic.traffic.errors)}")
+    console.print("[green]v2 promoted" if promoted else f"[red]v2 not promoted: {view and view['status']}")
+
+    v3, _ = register_broken_version(tracking_uri, model)
+    console.print(f"registered v{v3}: deliberately broken (raises on samples with alcohol > 13)")
+    wait_until_serving(replicas, model, "2")
+    view, traffic = _run_rollout(client, canary, replicas, model, v3)
+    decisions = (view or {}).get("decisions", [])
+    max_weight = max((d["weight"] for d in decisions if d["decision"] != "rollback"), default=0)
+    rolled_back = bool(view and view["status"] == "rolled_back" and _alias(client, model, "champion") == "2")
+    failed_v3 = len(traffic.traffic.errors)
+    console.print(
+        f"  requests that hit the broken v{v3}: {failed_v3} failed; highest challenger weight {max_weight}%"
+    )
+    console.print(
+        "[green]v3 rolled back at its first step"
+        if rolled_back and max_weight <= 5
+        else f"[red]v3 not rolled back at the first step: {view and view['status']}"
+    )
+    return promoted and rolled_back and max_weight <= 5
 
 
 def run_demo(workdir: Path) -> int:
@@ -173,6 +308,8 @@ def run_demo(workdir: Path) -> int:
             f"MLflow {endpoints.mlflow_tracking_uri}  Kafka {endpoints.kafka_bootstrap_servers}  "
             f"Redis {endpoints.redis_url}"
         )
-        ok, _ = act_hot_reload(runner, endpoints.mlflow_tracking_uri, model)
+        ok, facts = act_hot_reload(runner, endpoints.mlflow_tracking_uri, model)
+        if ok:
+            ok = act_canary(runner, endpoints.mlflow_tracking_uri, model, facts["replicas"])
     console.rule("[bold green]demo passed" if ok else "[bold red]demo FAILED")
     return 0 if ok else 1
