@@ -18,7 +18,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 webhook_app = typer.Typer(no_args_is_help=True, help="Manage Flywheel's MLflow webhook.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints one JSON document.")
 app.add_typer(webhook_app, name="webhook")
+rollout_app = typer.Typer(no_args_is_help=True, help="Act on canary rollouts (needs FLYWHEEL_ADMIN_TOKEN).")
 app.add_typer(bench_app, name="bench")
+app.add_typer(rollout_app, name="rollout")
 console = Console(stderr=True)
 
 
@@ -30,6 +32,54 @@ def run(service: str = typer.Argument(..., help=f"One of: {', '.join(sorted(runn
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="SERVICE") from None
     target()
+
+
+def _rollout(model: str, action: str, reason: str | None) -> None:
+    from services.cli.control import ControlSettings, rollout_action
+
+    try:
+        result = rollout_action(ControlSettings(), model, action, reason)
+    except (RuntimeError, OSError) as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(1) from None
+    for decision in result["decisions"]:
+        console.print(f"{model}: {decision['decision']} -> {decision['state']} ({decision['reason']})")
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    model: str = typer.Argument(..., help="Registered model name"),
+    reason: str = typer.Option(None, help="Why (recorded in the decision)"),
+) -> None:
+    """Promote the challenger now: champion moves to it, previous champion stays reachable."""
+    _rollout(model, "promote", reason)
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    model: str = typer.Argument(..., help="Registered model name"),
+    reason: str = typer.Option(None, help="Why (recorded in the decision)"),
+) -> None:
+    """Abort the rollout: traffic back to the champion, challenger alias removed."""
+    _rollout(model, "abort", reason)
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")) -> None:
+    """Aliases, rollouts and traffic splits of every model Flywheel knows (from Redis)."""
+    import json
+
+    from services.cli.control import ControlSettings, print_status, status_rows
+
+    try:
+        rows = status_rows(ControlSettings())
+    except Exception as exc:
+        console.print(f"[red]cannot read Flywheel state: {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        print_status(rows, Console())
 
 
 @webhook_app.command("register")

@@ -10,6 +10,8 @@ SERVICES: dict[str, str] = {
     "gateway": "services.gateway.main:run",
     "canary-rollout": "services.canary_rollout.main:run",
     "cache-invalidation": "services.cache_invalidation.main:run",
+    "feedback-aggregation": "services.feedback_aggregation.main:run",
+    "retrainer": "services.retrainer.main:run",
 }
 
 

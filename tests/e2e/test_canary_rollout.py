@@ -9,6 +9,10 @@ resumes the same rollout at the same step; admin abort/promote need the token; r
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -246,8 +250,30 @@ def test_admin_actions_need_token_hold_without_samples_and_survive_worker_kill(
     assert view["rollout_id"] == rollout_id and view["status"] == "paused" and view["step"] == 0
 
     assert pipeline.api(f"/v1/rollouts/{name}/resume", "POST").status_code == 200
-    resp = pipeline.api(f"/v1/rollouts/{name}/promote", "POST", json={"reason": "looks good"})
-    assert resp.status_code == 200, resp.text
+    cli_env = {
+        **os.environ,
+        **pipeline.runner.service_env(),
+        "FLYWHEEL_CANARY_URL": pipeline.canary.url or "",
+    }
+    status = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "status", "--json"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    row = next(r for r in json.loads(status.stdout) if r["model"] == name)
+    assert row["rollout"]["rollout_id"] == rollout_id and row["traffic_split"]["rollout_id"] == rollout_id
+    promote = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "rollout", "promote", name, "--reason", "looks good"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert promote.returncode == 0, promote.stderr
+    assert "promote" in promote.stderr
     wait_for(lambda: alias(client, name, "champion") == "2", 30, "manual promotion")
     assert pipeline.rollout(name)["status"] == "promoted"  # type: ignore[index]
 
