@@ -43,7 +43,12 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 # Service name -> ("module:SettingsClass", port field or None), ONLY for a service whose settings cannot be
 # derived. By default the settings class is the FlywheelSettings subclass defined in the package of the
 # service's entrypoint (runners.SERVICES), and the port field is its only `*_port` field (none: no port).
-SETTINGS_OVERRIDES: dict[str, tuple[str, str | None]] = {}
+SETTINGS_OVERRIDES: dict[str, tuple[str, str | None]] = {
+    # Faust workers bind a port for Faust (never served) and may serve /metrics: neither is published.
+    "cache-invalidation": ("services.cache_invalidation.settings:CacheInvalidationSettings", None),
+    # The canary worker's served port is its control API; canary_web_port is Faust's (never served).
+    "canary-rollout": ("services.canary_rollout.settings:CanarySettings", "canary_port"),
+}
 
 # MLflow webhook variables whose value in compose may differ from the embedded default (tuning only).
 TUNABLE_MLFLOW_ENV = {"MLFLOW_WEBHOOK_CACHE_TTL"}
