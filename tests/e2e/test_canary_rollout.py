@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -290,3 +291,39 @@ def test_admin_actions_need_token_hold_without_samples_and_survive_worker_kill(
 
     page = httpx.get(f"{pipeline.canary.url}/rollouts", timeout=5)
     assert page.status_code == 200 and "Canary rollouts" in page.text
+
+
+def chromium_binary() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="Chromium not installed (.ci/system-deps installs it)")
+def test_dashboard_shows_a_live_rollout_in_headless_chromium(
+    pipeline: Pipeline, model: Callable[..., str], stack: Endpoints, tmp_path: Path
+) -> None:
+    name = model("weak", "strong")
+    client = MlflowClient(stack.mlflow_tracking_uri)
+    client.set_registered_model_alias(name, "champion", "1")
+    client.set_registered_model_alias(name, "challenger", "2")
+    view = wait_for(lambda: pipeline.rollout(name), 60, "rollout started")
+    argv = [
+        str(chromium_binary()),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        f"{pipeline.canary.url}/rollouts",
+    ]
+    dom = subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout
+    assert "Canary rollouts" in dom
+    section = dom[dom.index(f'data-model="{name}"') :]
+    assert view["rollout_id"] in section and "progressing" in section
+    assert 'class="weight-chart"' in section and "<polyline" in section  # weight over time
+    assert "start" in section  # the decisions table lists the start decision
