@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import threading
 from pathlib import Path
@@ -126,8 +127,11 @@ def up(
     try:
         with console.status("starting infrastructure"):
             endpoints = runner.start_infrastructure()
+        env.setdefault("FLYWHEEL_ADMIN_TOKEN", secrets.token_urlsafe(24))
+        runner.env = env
         with console.status("starting services"):
-            watcher = runner.start_watcher()
+            runner.start_all()
+            watcher = runner.services["registry-watcher"]
         table = Table(title="Flywheel is up", show_header=False)
         table.add_row("MLflow", endpoints.mlflow_tracking_uri)
         table.add_row("Kafka", f"{endpoints.kafka_bootstrap_servers} ({endpoints.kafka_profile} profile)")
@@ -136,6 +140,14 @@ def up(
         for name, svc in runner.services.items():
             if svc.url and name != "registry-watcher":
                 table.add_row(name, svc.url)
+        if "canary-rollout" in runner.services:
+            table.add_row("rollout dashboard", f"{runner.services['canary-rollout'].url}/rollouts")
+            table.add_row(
+                "admin token",
+                "FLYWHEEL_ADMIN_TOKEN (as set)"
+                if "FLYWHEEL_ADMIN_TOKEN" in os.environ
+                else env["FLYWHEEL_ADMIN_TOKEN"],
+            )
         table.add_row("started here", ", ".join(endpoints.started) or "nothing (all configured)")
         table.add_row("logs", str(workdir.resolve() / "logs"))
         Console().print(table)

@@ -26,6 +26,11 @@ from services.shared.kafka.admin import ensure_topics
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
+# Faust workers without an HTTP API: the variable of the port Faust binds (one per worker on a host).
+WORKER_PORT_VARS = {
+    "feedback-aggregation": "FLYWHEEL_FEEDBACK_WEB_PORT",
+    "retrainer": "FLYWHEEL_RETRAINER_WEB_PORT",
+}
 
 
 def _healthy(url: str) -> bool:
@@ -145,6 +150,16 @@ class StackRunner:
             extra_env=env,
             ready_path="/readyz",
         )
+
+    def start_all(self, replicas: int = 2, extra_env: Mapping[str, str] | None = None) -> None:
+        """Every Flywheel service: the hot-reload path, the canary worker, and the feedback loop workers."""
+        from services.cli.runners import SERVICES
+
+        self.start_hot_reload(replicas, extra_env)
+        self.start_canary(extra_env)
+        for name, port_var in WORKER_PORT_VARS.items():
+            if name in SERVICES:
+                self.start_service(name, extra_env={port_var: str(free_port()), **(extra_env or {})})
 
     def register_webhook(self, url: str) -> None:
         assert self.endpoints is not None
