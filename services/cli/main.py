@@ -6,6 +6,7 @@ import os
 import secrets
 import signal
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -81,6 +82,59 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
         print_status(rows, Console())
+
+
+@app.command("export-dataset")
+def export_dataset(
+    model: str = typer.Option(..., help="Registered model name"),
+    rating: str = typer.Option(None, help="thumbs_up or thumbs_down (default: both)"),
+    since: datetime = typer.Option(None, help="Traces from this time (ISO 8601, UTC if no zone)"),
+    until: datetime = typer.Option(None, help="Traces before this time"),
+    fmt: str = typer.Option("jsonl", "--format", help="csv, json, jsonl or parquet"),
+    output: Path = typer.Option(None, help="File to write (default: {model}-{rating}.{format})"),
+    limit: int = typer.Option(None, min=1, help="At most this many traces"),
+    tracking_uri: str = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help="MLflow server"),
+    trace_experiment: str = typer.Option("flywheel/serving", envvar="FLYWHEEL_TRACE_EXPERIMENT"),
+) -> None:
+    """Training data from MLflow traces with feedback (corrected outputs preferred), streamed to a file."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from services.feedback_aggregation.data_exporter import RATINGS, DataExporter
+
+    if fmt not in ("csv", "json", "jsonl", "parquet"):
+        raise typer.BadParameter("must be csv, json, jsonl or parquet", param_hint="--format")
+    if rating is not None and rating not in RATINGS:
+        raise typer.BadParameter(f"must be one of {', '.join(RATINGS)}", param_hint="--rating")
+    if not tracking_uri:
+        raise typer.BadParameter(
+            "set MLFLOW_TRACKING_URI or pass --tracking-uri", param_hint="--tracking-uri"
+        )
+    path = output or Path(f"{model}-{rating or 'all'}.{fmt}")
+    exporter = DataExporter(tracking_uri, trace_experiment)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} traces"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"exporting {model}", total=limit)
+        written = exporter.export_streaming(
+            model,
+            rating,
+            fmt,
+            path,
+            start_date=since,
+            end_date=until,
+            limit=limit,
+            on_trace=lambda: progress.advance(task),
+        )
+    console.print(
+        f"wrote {written.rows} examples to {path} ({written.size_bytes} bytes, "
+        f"sha256 {written.sha256[:12]}); "
+        f"skipped {exporter.skipped} thumbs-down traces without a correction"
+    )
 
 
 @webhook_app.command("register")

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -273,3 +274,98 @@ def test_feedback_rejects_unknown_requests_and_bad_fields(gateway: TestClient) -
         "/v1/feedback", json={"request_id": "x", "rating": "thumbs_up", "corrected_output": "a" * 20000}
     )
     assert huge.status_code == 422 and "corrected_output" in huge.text
+
+
+def test_export_dataset_from_traces_prefers_corrections(
+    gateway: TestClient,
+    wine_model: tuple[str, dict[str, float]],
+    stack: Endpoints,
+    resolution: Resolution,
+    tmp_path: Path,
+) -> None:
+    import json as jsonlib
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from services.cli.main import app
+
+    name, _ = wine_model
+    resolution.move(name, "champion", "1")
+    wait_for_version(gateway, name, "1")
+    user = unique("exporter")
+    served = [
+        gateway.post(f"/v1/models/{name}/predict", json={"inputs": record(i), "user_id": user}).json()
+        for i in range(4)
+    ]
+    ratings = [
+        {"rating": "thumbs_up"},
+        {"rating": "thumbs_down", "corrected_output": 2},
+        {"rating": "thumbs_down"},  # no correction: not a usable example
+        {"rating": "thumbs_up", "corrected_output": 0},
+    ]
+    for s, r in zip(served, ratings, strict=True):
+        assert (
+            gateway.post(
+                "/v1/feedback", json={"request_id": s["request_id"], "user_id": user, **r}
+            ).status_code
+            == 202
+        )
+    ours = {s["request_id"] for s in served}
+    runner = CliRunner()
+    out = tmp_path / "all.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "export-dataset",
+            "--model",
+            name,
+            "--format",
+            "jsonl",
+            "--output",
+            str(out),
+            "--tracking-uri",
+            stack.mlflow_tracking_uri,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = {
+        r["request_id"]: r
+        for r in map(jsonlib.loads, out.read_text().splitlines())
+        if r["request_id"] in ours
+    }
+    assert set(rows) == {served[0]["request_id"], served[1]["request_id"], served[3]["request_id"]}
+    # inputs and output are JSON text in every format (one schema for csv, jsonl and parquet)
+    corrected = rows[served[1]["request_id"]]
+    assert jsonlib.loads(corrected["output"]) == 2 and corrected["source"] == "corrected"
+    assert jsonlib.loads(rows[served[3]["request_id"]]["output"]) == 0
+    assert jsonlib.loads(rows[served[0]["request_id"]]["output"]) == served[0]["outputs"]
+    assert jsonlib.loads(rows[served[0]["request_id"]]["inputs"]) == record(0)
+    # streamed in trace time order (datasets written by feedback aggregation put corrections first)
+    order = [
+        r["request_id"] for r in map(jsonlib.loads, out.read_text().splitlines()) if r["request_id"] in ours
+    ]
+    assert order == [s["request_id"] for s in served if s["request_id"] in rows]
+
+    pq_out = tmp_path / "up.parquet"
+    result = runner.invoke(
+        app,
+        [
+            "export-dataset",
+            "--model",
+            name,
+            "--rating",
+            "thumbs_up",
+            "--format",
+            "parquet",
+            "--output",
+            str(pq_out),
+            "--tracking-uri",
+            stack.mlflow_tracking_uri,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(pq_out).to_pylist()
+    assert {r["request_id"] for r in table} & ours == {served[0]["request_id"], served[3]["request_id"]}
+    bad = runner.invoke(app, ["export-dataset", "--model", name, "--format", "xml", "--tracking-uri", "x"])
+    assert bad.exit_code != 0 and "--format" in bad.output
