@@ -8,6 +8,7 @@ import signal
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import typer
 from rich.console import Console
@@ -100,6 +101,7 @@ def export_dataset(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from services.feedback_aggregation.data_exporter import RATINGS, DataExporter
+    from services.feedback_aggregation.dataset_writer import ExportFormat
 
     if fmt not in ("csv", "json", "jsonl", "parquet"):
         raise typer.BadParameter("must be csv, json, jsonl or parquet", param_hint="--format")
@@ -255,6 +257,17 @@ def bench_propagation(
     from benchmarks.propagation import run as run_bench
 
     _print_json(run_bench(moves, poller_moves, poll_interval, replicas, workdir.resolve()))
+
+
+@bench_app.command("dataset-writer")
+def bench_dataset_writer(
+    rows: int = typer.Option(200_000, min=1000, help="Synthetic example rows"),
+    repeats: int = typer.Option(3, min=1, help="Timed repetitions (median reported)"),
+) -> None:
+    """Dataset writer throughput: rows/s for Parquet and JSONL (target >= 100,000 rows/s Parquet)."""
+    from benchmarks.dataset_writer import run as run_bench
+
+    _print_json(run_bench(rows, repeats))
 
 
 @bench_app.command("gateway")
