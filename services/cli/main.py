@@ -125,7 +125,7 @@ def export_dataset(
         written = exporter.export_streaming(
             model,
             rating,
-            fmt,
+            cast(ExportFormat, fmt),
             path,
             start_date=since,
             end_date=until,
