@@ -97,3 +97,41 @@ class RedisKeys:
 
     def feedback_seen(self, request_id: str, user_id: str) -> str:
         return f"{self.prefix}:feedback-seen:{request_id}:{user_id}"
+
+    # feedback aggregation
+    def feedback_state(self, model: str) -> str:
+        """Hash of the model's aggregation state: `seq` (events applied), `snapshot` + `snapshot_seq`
+        (aggregates as of that seq), `trigger` (TriggerState JSON), `pending` + `pending_id` (a dataset
+        publication in progress), `last_publication` (JSON of the last one done)."""
+        return f"{self.prefix}:feedback:state:{model}"
+
+    def feedback_journal(self, model: str) -> str:
+        """List of raw events applied after the snapshot, in the order they were applied."""
+        return f"{self.prefix}:feedback:journal:{model}"
+
+    def feedback_buffer(self, model: str) -> str:
+        """List of raw FeedbackRecorded events not yet turned into a dataset (oldest first, capped)."""
+        return f"{self.prefix}:feedback:buffer:{model}"
+
+    def feedback_pending_buffer(self, model: str) -> str:
+        """The buffer taken by the pending publication (frozen: its examples are rebuilt from it)."""
+        return f"{self.prefix}:feedback:pending-buffer:{model}"
+
+    def feedback_progress(self) -> str:
+        """Hash `topic:partition` -> offset of the last event applied (written with the effect)."""
+        return f"{self.prefix}:feedback:progress"
+
+    def feedback_summary(self, model: str) -> str:
+        """Summary JSON of the model's aggregates per version (read with `read_summary`)."""
+        return f"{self.prefix}:feedback:summary:{model}"
+
+    def feedback_models(self) -> str:
+        return f"{self.prefix}:feedback:models"
+
+    def feedback_pending_models(self) -> str:
+        """Set of models with a dataset publication in progress (resumed after a restart)."""
+        return f"{self.prefix}:feedback:pending-models"
+
+    def feedback_publication_lease(self, model: str) -> str:
+        """Lease of the worker running the model's publication (one at a time across workers)."""
+        return f"{self.prefix}:feedback:publication-lease:{model}"

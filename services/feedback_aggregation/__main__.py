@@ -1,0 +1,3 @@
+from services.feedback_aggregation.main import run
+
+run()
