@@ -259,6 +259,17 @@ def bench_propagation(
     _print_json(run_bench(moves, poller_moves, poll_interval, replicas, workdir.resolve()))
 
 
+@bench_app.command("feedback")
+def bench_feedback(
+    events: int = typer.Option(5000, min=100, help="Feedback events per run"),
+    workdir: Path = typer.Option(Path(".flywheel/bench-feedback")),
+) -> None:
+    """Feedback produce -> aggregated count vs bare aiokafka produce -> consume, both broker profiles."""
+    from benchmarks.feedback import run as run_bench
+
+    _print_json(run_bench(events, workdir.resolve()))
+
+
 @bench_app.command("dataset-writer")
 def bench_dataset_writer(
     rows: int = typer.Option(200_000, min=1000, help="Synthetic example rows"),

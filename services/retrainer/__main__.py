@@ -1,0 +1,3 @@
+from services.retrainer.main import run
+
+run()
