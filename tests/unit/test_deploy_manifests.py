@@ -48,6 +48,8 @@ SETTINGS_OVERRIDES: dict[str, tuple[str, str | None]] = {
     "cache-invalidation": ("services.cache_invalidation.settings:CacheInvalidationSettings", None),
     # The canary worker's served port is its control API; canary_web_port is Faust's (never served).
     "canary-rollout": ("services.canary_rollout.settings:CanarySettings", "canary_port"),
+    "feedback-aggregation": ("services.feedback_aggregation.settings:FeedbackSettings", None),
+    "retrainer": ("services.retrainer.settings:RetrainerSettings", None),
 }
 
 # MLflow webhook variables whose value in compose may differ from the embedded default (tuning only).
