@@ -41,6 +41,9 @@ POLICY_ENV = {
     "FLYWHEEL_CANARY_MIN_SAMPLES": "30",
     "FLYWHEEL_CANARY_MAX_FAILED_CHECKS": "2",
     "FLYWHEEL_CANARY_TICK_S": "0.5",
+    # All test processes share two cores: latency reflects machine load, so it is judged loosely here.
+    "FLYWHEEL_CANARY_MAX_P95_LATENCY_RATIO": "3",
+    "FLYWHEEL_CANARY_MAX_P95_LATENCY_DELTA_MS": "100",
 }
 
 
