@@ -168,6 +168,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
             await gw.listener.stop()
             await gw.reloader.close()
             await run_in_threadpool(gw.emitter.stop)
+            await run_in_threadpool(gw.tracer.close)
             if gw.publisher is not None:
                 gw.publisher.close()
             await gw.redis.aclose()

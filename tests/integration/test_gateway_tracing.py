@@ -1,0 +1,180 @@
+"""Every prediction of an in-process gateway gets a real MLflow trace, written by the export process.
+
+The trace id in the response is the stored trace's id; the trace carries the request id (as
+`client_request_id` and metadata), model, version and variant metadata, and the inputs and outputs; it
+can be found with `search_traces` on the request id and feedback can be logged on it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import mlflow
+import pytest
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+from mlflow.entities import AssessmentSource, AssessmentSourceType, Trace
+
+from services.gateway.api import create_app
+from services.gateway.settings import GatewaySettings
+from services.gateway.trace_export import TRACE_EXPORTS
+from services.gateway.tracing import PredictionTracer
+from services.shared.embedded.stack import Endpoints
+from services.shared.sample_models import wine_data
+from tests.support import unique
+
+pytestmark = pytest.mark.integration
+
+
+def record(i: int) -> dict[str, float]:
+    row = wine_data().test_x.iloc[i]
+    return {k: float(v) for k, v in row.items()}
+
+
+def exported() -> float:
+    return TRACE_EXPORTS.labels("exported")._value.get()
+
+
+def failed() -> float:
+    return TRACE_EXPORTS.labels("failed")._value.get() + TRACE_EXPORTS.labels("dropped")._value.get()
+
+
+def by_request_id(request_id: str) -> list[Trace]:
+    traces: list[Trace] = mlflow.search_traces(
+        locations=None,
+        filter_string=f"metadata.`flywheel.request_id` = '{request_id}'",
+        return_type="list",
+    )
+    return traces
+
+
+def wait_for(request_id: str, timeout_s: float) -> tuple[list[Trace], float]:
+    started = time.monotonic()
+    while True:
+        traces = by_request_id(request_id)
+        if traces or time.monotonic() - started > timeout_s:
+            return traces, time.monotonic() - started
+        time.sleep(0.05)
+
+
+@pytest.fixture()
+def served(
+    stack: Endpoints, stack_env: dict[str, str], wine_model: tuple[str, dict[str, float]]
+) -> Iterator[tuple[TestClient, PredictionTracer, str, str]]:
+    name, _ = wine_model
+    alias = unique("traced")  # an alias of its own: other tests move champion/challenger
+    MlflowClient(stack.mlflow_tracking_uri).set_registered_model_alias(name, alias, "2")
+    prefix = unique("gwt")
+    settings = GatewaySettings(
+        MLFLOW_TRACKING_URI=stack.mlflow_tracking_uri,
+        KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap_servers,
+        REDIS_URL=stack.redis_url,
+        kafka_profile=stack.kafka_profile,
+        redis_prefix=prefix,
+        replica_id=f"test-{prefix}",
+        trace_experiment=unique("tests/traces"),
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        tracer: PredictionTracer = client.app.state.gateway.tracer  # type: ignore[attr-defined]
+        try:
+            yield client, tracer, name, alias
+        finally:
+            tracer.close()
+
+
+def test_every_prediction_has_its_trace_in_mlflow(
+    served: tuple[TestClient, PredictionTracer, str, str], stack: Endpoints
+) -> None:
+    client, tracer, name, alias = served
+    mlflow.set_tracking_uri(stack.mlflow_tracking_uri)
+    exported_before, failed_before = exported(), failed()
+
+    # Visible shortly after the response, without any flush.
+    first = client.post(f"/v1/models/{name}/predict", params={"alias": alias}, json={"inputs": record(0)})
+    assert first.status_code == 200, first.text
+    traces, waited = wait_for(first.json()["request_id"], timeout_s=10)
+    assert traces and traces[0].info.trace_id == first.json()["trace_id"]
+    assert waited < 5, f"trace took {waited:.1f}s to appear"
+
+    sent: list[dict[str, Any]] = []
+    for i in range(24):
+        if i % 3 == 0:
+            resp = client.post(
+                f"/v1/models/{name}/predict", params={"version": "1"}, json={"inputs": record(i)}
+            )
+        else:
+            resp = client.post(
+                f"/v1/models/{name}/predict",
+                params={"alias": alias},
+                json={"inputs": record(i), "user_id": f"user-{i}"},
+            )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["trace_id"] and body["trace_id"].startswith("tr-")
+        sent.append({**body, "inputs": record(i), "user_id": None if i % 3 == 0 else f"user-{i}"})
+    assert len({b["trace_id"] for b in sent}) == len(sent)
+
+    # Shutdown writes everything that is still queued.
+    tracer.close()
+    assert tracer._channel.pending() == 0
+    assert exported() - exported_before == len(sent) + 1
+    assert failed() == failed_before
+
+    for body in sent:
+        traces = by_request_id(body["request_id"])
+        assert len(traces) == 1, body
+        trace = traces[0]
+        info = trace.info
+        assert info.trace_id == body["trace_id"]
+        assert info.client_request_id == body["request_id"]
+        assert info.state.value == "OK"
+        meta = info.trace_metadata
+        assert meta["flywheel.request_id"] == body["request_id"]
+        assert (meta["flywheel.model"], meta["flywheel.version"]) == (name, body["version"])
+        assert meta["flywheel.variant"] == body["variant"]
+        assert meta["flywheel.alias"] == (body["alias"] or "")
+        assert meta["flywheel.replica"].startswith("test-")
+        assert meta.get("mlflow.modelId")  # the logged model the version was registered from
+        if body["user_id"]:
+            assert meta["mlflow.trace.user"] == body["user_id"]
+        (root,) = trace.data.spans
+        assert root.name == f"predict {name}"
+        assert root.inputs == body["inputs"]
+        assert root.outputs == body["outputs"]
+        assert root.attributes["version"] == body["version"]
+
+    target = sent[-1]["trace_id"]
+    mlflow.log_feedback(
+        trace_id=target,
+        name="user_satisfaction",
+        value=True,
+        source=AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id="user-23"),
+        rationale="right answer",
+    )
+    assessments = mlflow.get_trace(target).info.assessments
+    assert [(a.name, a.value) for a in assessments] == [("user_satisfaction", True)]
+
+
+def test_a_dead_export_process_is_replaced(
+    served: tuple[TestClient, PredictionTracer, str, str], stack: Endpoints
+) -> None:
+    client, tracer, name, alias = served
+    mlflow.set_tracking_uri(stack.mlflow_tracking_uri)
+    url = f"/v1/models/{name}/predict"
+    assert client.post(url, params={"alias": alias}, json={"inputs": record(1)}).status_code == 200
+    assert tracer.flush(30)
+    child = tracer._channel._child
+    assert child is not None
+    os.kill(child.proc.pid, signal.SIGKILL)
+    child.proc.wait(10)
+    time.sleep(5.1)  # restarts are at most every 5 s
+
+    resp = client.post(url, params={"alias": alias}, json={"inputs": record(2)})
+    assert resp.status_code == 200 and resp.json()["trace_id"]
+    assert tracer.flush(60)
+    traces = by_request_id(resp.json()["request_id"])
+    assert [t.info.trace_id for t in traces] == [resp.json()["trace_id"]]
