@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
-from events import Event, decode
+from events import Event, EventDecodeError, decode
 from services.shared.embedded.stack import Endpoints
 from services.shared.kafka.profile import profile_named
 
@@ -57,7 +57,10 @@ class TopicFollower:
                 now = time.perf_counter()
                 with self._cond:
                     for record in batch:
-                        self._arrivals.append((now, decode(record.value)))
+                        try:
+                            self._arrivals.append((now, decode(record.value)))
+                        except EventDecodeError:
+                            continue
                     self._cond.notify_all()
 
     def wait(self, predicate: Callable[[Event], bool], timeout_s: float = 30.0) -> tuple[float, Event] | None:
