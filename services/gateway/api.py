@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,16 +132,6 @@ def _json_size(value: Any) -> int:
         return len(json.dumps(value, default=str))
     except (TypeError, ValueError):
         return 1 << 30
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
-def _in_background(coro: Coroutine[Any, Any, None]) -> None:
-    """Fire-and-forget, keeping a reference until done (the loop only holds weak ones)."""
-    task = asyncio.get_running_loop().create_task(coro)
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
 
 
 def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoader | None = None) -> FastAPI:
@@ -317,7 +307,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
                 outputs=logged_outputs,
                 served_at=event.occurred_at,
             )
-            _in_background(gw.request_log.remember(served))
+            gw.request_log.remember(served)
         if error is not None:
             if "schema" in str(error).lower() and "enforce" in str(error).lower():
                 raise HTTPException(422, detail={"field": "inputs", "message": str(error)[:500]})

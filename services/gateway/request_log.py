@@ -7,6 +7,7 @@ when the log entry expired or was never written.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 
@@ -35,22 +36,44 @@ class ServedRequest(BaseModel):
 
 
 class RequestLog:
-    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, ttl_s: int) -> None:
+    """Entries are buffered and written in one pipeline every `flush_ms` (one Redis round trip for many
+    requests instead of one per request); `by_request` flushes first, so feedback always finds them."""
+
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, ttl_s: int, flush_ms: int = 20) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_s = ttl_s
+        self._flush_s = flush_ms / 1000
+        self._pending: list[ServedRequest] = []
+        self._flusher: asyncio.Task[None] | None = None
 
-    async def remember(self, served: ServedRequest) -> None:
+    def remember(self, served: ServedRequest) -> None:
+        self._pending.append(served)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._flush_s)
+        await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(self._keys.request_log(served.request_id), served.model_dump_json(), ex=self._ttl_s)
-                if served.trace_id:
-                    pipe.set(self._keys.trace_request(served.trace_id), served.request_id, ex=self._ttl_s)
+                for served in batch:
+                    pipe.set(
+                        self._keys.request_log(served.request_id), served.model_dump_json(), ex=self._ttl_s
+                    )
+                    if served.trace_id:
+                        pipe.set(self._keys.trace_request(served.trace_id), served.request_id, ex=self._ttl_s)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.debug("request %s not logged: %s", served.request_id, exc)
+            log.debug("%d requests not logged: %s", len(batch), exc)
 
     async def by_request(self, request_id: str) -> ServedRequest | None:
+        await self.flush()
         raw = await self._redis.get(self._keys.request_log(request_id))
         return ServedRequest.model_validate_json(raw) if raw else None
 
