@@ -10,10 +10,19 @@ EVENTS = Counter(
     "redelivered: already applied, recognised by offset; skipped: model not watched; undecodable)",
     ["topic", "outcome"],
 )
-APPLY_SECONDS = Histogram(
-    "flywheel_feedback_apply_seconds",
-    "Time to apply one event and persist it with its offset",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+BATCH_SECONDS = Histogram(
+    "flywheel_feedback_batch_seconds",
+    "Time to apply one batch of events and persist it with its offsets",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+BATCH_EVENTS = Histogram(
+    "flywheel_feedback_batch_events",
+    "Events of watched models per batch",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
+)
+SUMMARIES = Counter(
+    "flywheel_feedback_summary_flushes_total",
+    "Summaries written on their own (after the summary interval) rather than with a batch",
 )
 CONFLICTS = Counter(
     "flywheel_feedback_state_conflicts_total",

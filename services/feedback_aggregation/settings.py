@@ -73,6 +73,23 @@ class FeedbackSettings(FlywheelSettings):
         ge=1,
         description="Feedback events buffered per model for the next dataset (newest kept).",
     )
+    feedback_batch_max: int = Field(
+        default=500,
+        ge=1,
+        description="Most events one agent applies and persists in one batch (one Redis write).",
+    )
+    feedback_batch_within_ms: int = Field(
+        default=5,
+        ge=0,
+        description="How long a batch waits for more events when none is queued, milliseconds, counted "
+        "from its first event (the most an event waits for company; 0 = apply what is queued at once).",
+    )
+    feedback_summary_interval_ms: int = Field(
+        default=50,
+        ge=0,
+        description="A model's summary is written at most this often, milliseconds (the last one of a "
+        "burst at most this late); 0 = with every batch.",
+    )
     feedback_tick_s: float = Field(
         default=5.0, gt=0, description="How often triggers are re-evaluated without new events (cooldowns)."
     )

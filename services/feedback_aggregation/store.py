@@ -13,9 +13,16 @@ Per model (keys in `RedisKeys`, "feedback aggregation" section):
 - `feedback_summary(model)`: the summary JSON readers use (`read_summary`).
 Global: `feedback_progress()` hash `topic:partition` -> offset of the last applied event.
 
-`append_event` checks, appends to the journal (and buffer), advances the offset, bumps `seq` and
-writes the summary in one step. It refuses when `seq` is not the writer's (another worker wrote the
-model meanwhile: reload) or when the offset is already recorded (the event was applied: a redelivery).
+`append_batch` persists one batch of applied events in one step: for every model of the batch it
+appends the raw events to the journal (and the feedback ones to the buffer), bumps `seq` by their number
+and (optionally) writes the summary; for every partition of the batch it records the offset of the
+batch's last event. It refuses the whole batch when a model's `seq` is not the writer's (another worker
+wrote the model meanwhile: reload) or when a partition's recorded offset reaches the batch's first
+offset there (some events were applied already: a redelivery). All the models of a batch go in one
+script because the offsets are per partition, not per model: a partition interleaves several models'
+events, so a per-model write recording "offset N done" would also mark another model's unwritten events
+before N as done. The summary goes with the batch or, at most `summary_interval` later, alone
+(`write_summary_if`, only while `seq` is still the one it describes).
 
 Layout note: the scripts touch several keys; on Redis Cluster they would need one hash slot (a
 `{...}` hash tag in the prefix). Flywheel runs on one Redis.
@@ -24,6 +31,7 @@ Layout note: the scripts touch several keys; on Redis Cluster they would need on
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
@@ -33,24 +41,66 @@ from redis import Redis as SyncRedis
 
 from services.shared.redis_store import RedisKeys
 
-# KEYS: 1 state hash, 2 journal, 3 buffer, 4 progress hash, 5 summary, 6 models set
-# ARGV: 1 expected seq, 2 progress field, 3 offset, 4 raw event, 5 '1' = also buffer it, 6 buffer max,
-#       7 summary JSON, 8 model
-_APPEND = """
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-if seq ~= tonumber(ARGV[1]) then return {'conflict', tostring(seq)} end
-local done = redis.call('HGET', KEYS[4], ARGV[2])
-if done and tonumber(done) >= tonumber(ARGV[3]) then return {'done', tostring(seq)} end
-redis.call('RPUSH', KEYS[2], ARGV[4])
-if ARGV[5] == '1' then
-  redis.call('RPUSH', KEYS[3], ARGV[4])
-  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+# KEYS: 1 progress hash, 2 models set, then per model m (1-based) 4 keys from 3 + 4 * (m - 1):
+#       state hash, journal, buffer, summary
+# ARGV: 1 number of models, 2 number of partitions, 3 buffer max,
+#       then per partition: progress field, first offset of the batch, last offset of the batch,
+#       then per model: name, expected seq, number of events n, buffer flags ('1' = also buffer the
+#       event; one character per event), summary JSON ('' = leave it), then its n raw events
+_APPEND_BATCH = """
+local nmodels, nparts, bmax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local a = 4
+for i = 1, nparts do
+  local done = redis.call('HGET', KEYS[1], ARGV[a])
+  if done and tonumber(done) >= tonumber(ARGV[a + 1]) then return {'done', ARGV[a]} end
+  a = a + 3
 end
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[1], 'seq', tostring(seq + 1))
-redis.call('SET', KEYS[5], ARGV[7])
-redis.call('SADD', KEYS[6], ARGV[8])
-return {'ok', tostring(seq + 1)}
+local models = {}
+for m = 1, nmodels do
+  local k = 3 + 4 * (m - 1)
+  local seq = tonumber(redis.call('HGET', KEYS[k], 'seq') or '0')
+  if seq ~= tonumber(ARGV[a + 1]) then return {'conflict', ARGV[a]} end
+  models[m] = {k, a, seq}
+  a = a + 5 + tonumber(ARGV[a + 2])
+end
+local out = {'ok'}
+for m = 1, nmodels do
+  local k, b, seq = models[m][1], models[m][2], models[m][3]
+  local n, flags, first = tonumber(ARGV[b + 2]), ARGV[b + 3], b + 5
+  local last = first + n - 1
+  for j = first, last, 1000 do
+    redis.call('RPUSH', KEYS[k + 1], unpack(ARGV, j, math.min(j + 999, last)))
+  end
+  local buffered = {}
+  for j = 1, n do
+    if string.byte(flags, j) == 49 then
+      buffered[#buffered + 1] = ARGV[first + j - 1]
+      if #buffered == 1000 then
+        redis.call('RPUSH', KEYS[k + 2], unpack(buffered))
+        buffered = {}
+      end
+    end
+  end
+  if #buffered > 0 then redis.call('RPUSH', KEYS[k + 2], unpack(buffered)) end
+  if string.find(flags, '1', 1, true) then redis.call('LTRIM', KEYS[k + 2], -bmax, -1) end
+  redis.call('HSET', KEYS[k], 'seq', tostring(seq + n))
+  if ARGV[b + 4] ~= '' then redis.call('SET', KEYS[k + 3], ARGV[b + 4]) end
+  redis.call('SADD', KEYS[2], ARGV[b])
+  out[#out + 1] = tostring(seq + n)
+end
+a = 4
+for i = 1, nparts do
+  redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 2])
+  a = a + 3
+end
+return out
+"""
+
+# KEYS: 1 state hash, 2 summary. ARGV: 1 expected seq, 2 summary JSON
+_SUMMARY = """
+if tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
 """
 
 # KEYS: 1 state hash, 2 journal. ARGV: 1 expected seq, 2 snapshot JSON
@@ -101,14 +151,25 @@ return 0
 
 class AppendStatus(StrEnum):
     OK = "ok"
-    CONFLICT = "conflict"  # the model's seq is not the writer's: another worker wrote it
-    DONE = "done"  # the offset is already recorded: the event was applied before
+    CONFLICT = "conflict"  # a model's seq is not the writer's: another worker wrote it
+    DONE = "done"  # an offset is already recorded: events of the batch were applied before
 
 
 class BeginStatus(StrEnum):
     OK = "ok"
     CONFLICT = "conflict"
     PENDING = "pending"  # a publication is already in progress
+
+
+@dataclass(frozen=True)
+class ModelAppend:
+    """One model's part of a batch write: its raw events in order, applied on top of `expected_seq`."""
+
+    model: str
+    expected_seq: int
+    events: list[bytes | str]
+    buffered: str  # one character per event: '1' = also append it to the feedback buffer
+    summary: str  # the summary JSON after the batch; '' = leave the stored one (written later)
 
 
 @dataclass(frozen=True)
@@ -132,7 +193,8 @@ class FeedbackStore:
     def __init__(self, redis: aioredis.Redis, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
-        self._append = redis.register_script(_APPEND)
+        self._append_batch = redis.register_script(_APPEND_BATCH)
+        self._summary = redis.register_script(_SUMMARY)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._begin = redis.register_script(_BEGIN)
         self._finish = redis.register_script(_FINISH)
@@ -158,43 +220,48 @@ class FeedbackStore:
 
     async def progress(self, topic: str, partition: int) -> int:
         """Offset of the last applied event of a partition; -1 when none."""
-        raw = await self.redis.hget(self.keys.feedback_progress(), progress_field(topic, partition))
+        return await self.progress_of(progress_field(topic, partition))
+
+    async def progress_of(self, key: str) -> int:
+        """`progress` by progress field (`progress_field(topic, partition)`)."""
+        raw = await self.redis.hget(self.keys.feedback_progress(), key)
         return int(raw) if raw is not None else -1
 
-    async def append_event(
+    async def append_batch(
         self,
-        model: str,
+        appends: Sequence[ModelAppend],
+        progress: Mapping[str, tuple[int, int]],
         *,
-        expected_seq: int,
-        topic: str,
-        partition: int,
-        offset: int,
-        raw: str,
-        buffer: bool,
         buffer_max: int,
-        summary: str,
-    ) -> tuple[AppendStatus, int]:
-        status, seq = await self._append(
-            keys=[
-                self.keys.feedback_state(model),
-                self.keys.feedback_journal(model),
-                self.keys.feedback_buffer(model),
-                self.keys.feedback_progress(),
-                self.keys.feedback_summary(model),
-                self.keys.feedback_models(),
-            ],
-            args=[
-                expected_seq,
-                progress_field(topic, partition),
-                offset,
-                raw,
-                "1" if buffer else "0",
-                buffer_max,
-                summary,
-                model,
-            ],
-        )
-        return AppendStatus(status), int(seq)
+    ) -> tuple[AppendStatus, str, dict[str, int]]:
+        """Persist a batch (see the module docstring). `progress`: progress field -> (first, last)
+        offset of the batch's applied events in that partition. Returns the status, the model or
+        partition that refused (conflict/done) and, when OK, each model's new `seq`."""
+        keys: list[str] = [self.keys.feedback_progress(), self.keys.feedback_models()]
+        args: list[Any] = [len(appends), len(progress), buffer_max]
+        for key, (first, last) in progress.items():
+            args += (key, first, last)
+        for append in appends:
+            if not append.events or len(append.buffered) != len(append.events):
+                raise ValueError(f"{append.model}: a batch write needs events and one flag per event")
+            keys += (
+                self.keys.feedback_state(append.model),
+                self.keys.feedback_journal(append.model),
+                self.keys.feedback_buffer(append.model),
+                self.keys.feedback_summary(append.model),
+            )
+            args += (append.model, append.expected_seq, len(append.events), append.buffered, append.summary)
+            args += append.events
+        result = await self._append_batch(keys=keys, args=args)
+        status = AppendStatus(result[0])
+        if status is not AppendStatus.OK:
+            return status, str(result[1]), {}
+        return status, "", {a.model: int(seq) for a, seq in zip(appends, result[1:], strict=True)}
+
+    async def write_summary_if(self, model: str, seq: int, summary: str) -> bool:
+        """Write the summary unless the model moved past `seq` (its writer writes a newer one)."""
+        keys = [self.keys.feedback_state(model), self.keys.feedback_summary(model)]
+        return bool(await self._summary(keys=keys, args=[seq, summary]))
 
     async def snapshot(self, model: str, seq: int, snapshot: str) -> bool:
         keys = [self.keys.feedback_state(model), self.keys.feedback_journal(model)]

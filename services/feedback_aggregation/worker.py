@@ -1,15 +1,20 @@
 """The feedback aggregation worker: a Faust app with one agent per input topic (inferences, feedback),
 a tick timer (cooldowns, publications to resume) and a start-up task restoring persisted models.
 
-Each agent runs with concurrency 1 and handles one event at a time: the event's effect (and its
-offset) is in Redis before the agent moves on, and Faust commits an offset only after that. Both
-topics are keyed by model name, so a model's events of one topic arrive in order; the service's
-per-model lock orders the two topics' events of a model.
+Each agent runs with concurrency 1 and handles its events in batches (`noack_take`: up to
+FLYWHEEL_FEEDBACK_BATCH_MAX events, or what arrived within FLYWHEEL_FEEDBACK_BATCH_WITHIN_MS): the
+service applies a batch in memory and persists it, with its offsets, in one Redis write; only then are
+the batch's events acknowledged, so Faust commits an offset only after its effect is stored. Acks are
+manual (`noack_take` acks nothing by itself): a batch interrupted by a crash or a stop is never
+acknowledged, and is delivered again. Both topics are keyed by model name, so a model's events of one
+topic arrive in order; the service's per-model locks order the two topics' events of a model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, cast
 
 import faust
@@ -52,16 +57,42 @@ def build_service(settings: FeedbackSettings) -> FeedbackService:
     return FeedbackService(settings, store, build_publisher(settings))
 
 
+async def _more_coming(queue: Any, deadline: float) -> bool:
+    """Whether the batch should wait for the next event: yes when one is queued already; when none
+    is, wait for one until `deadline` (the batch's linger) and say whether it came."""
+    while queue.empty():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(remaining, 0.002))
+    return True
+
+
 def create_app(settings: FeedbackSettings, service: FeedbackService | None = None) -> faust.App:
     app = make_faust_app(settings.feedback_group_id, settings, web_port=settings.feedback_web_port)
     svc = service or build_service(settings)
     app.feedback_service = svc  # type: ignore[attr-defined]
 
+    batch_max = settings.feedback_batch_max
+    within_s = settings.feedback_batch_within_ms / 1000
+
     def agent_for(topic: str) -> None:
         async def consume(stream: Any) -> None:
-            async for event in stream.events():
-                message = event.message
-                await svc.handle(message.topic, message.partition, message.offset, event.value)
+            manual = stream.noack()  # acks only after the batch is persisted
+            batch: list[Any] = []
+            opened = 0.0
+            async for event in manual.events():
+                if not batch:
+                    opened = time.monotonic()
+                batch.append(event)
+                if len(batch) < batch_max and await _more_coming(manual.channel.queue, opened + within_s):
+                    continue
+                await svc.handle_batch(
+                    [(e.message.topic, e.message.partition, e.message.offset, e.value) for e in batch]
+                )  # returns once the whole batch and its offsets are in Redis
+                for done in batch:
+                    await manual.ack(done)
+                batch = []
 
         app.agent(event_topic(app, topic), name=f"feedback-{topic}", concurrency=1)(consume)
 

@@ -94,6 +94,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
             settings.kafka_bootstrap_servers,
             profile_named(settings.kafka_profile),
             client_id=f"flywheel-gateway-{settings.replica_name()}",
+            bulk=True,  # inferences and feedback are consumed from committed offsets only
         )
         if settings.inference_events_enabled
         else None

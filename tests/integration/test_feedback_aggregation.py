@@ -36,9 +36,15 @@ from events import (
     RetrainingRequested,
     encode,
 )
+from services.feedback_aggregation.core.aggregates import apply, new_state
 from services.feedback_aggregation.core.examples import ExampleRow, build_examples
 from services.feedback_aggregation.core.jsontext import epoch_us
-from services.feedback_aggregation.core.triggers import TriggerDecision
+from services.feedback_aggregation.core.triggers import (
+    TriggerDecision,
+    TriggerState,
+    rate_window_start,
+    signal_from,
+)
 from services.feedback_aggregation.dataset_writer import read_rows, verify_manifest
 from services.feedback_aggregation.mlflow_datasets import (
     TAG_ALIAS,
@@ -53,7 +59,7 @@ from services.feedback_aggregation.publication import (
     PublicationResult,
     dataset_name_for,
 )
-from services.feedback_aggregation.service import FeedbackService
+from services.feedback_aggregation.service import FeedbackService, ModelView
 from services.feedback_aggregation.settings import FeedbackSettings
 from services.feedback_aggregation.store import FeedbackStore, read_summary, read_summary_sync
 from services.shared.embedded.process import ManagedProcess, free_port
@@ -367,6 +373,122 @@ async def test_state_survives_restart_redelivery_and_a_concurrent_writer(stack: 
         }
     finally:
         await client.aclose()
+
+
+class CrashingStore(FeedbackStore):
+    """A store whose process is killed at its `crash_at`-th batch write: before the write reaches Redis,
+    or after (the effect is stored, the batch was never acknowledged). Cancellation ends the handler
+    as a kill ends the worker: nothing after it runs, no retry."""
+
+    def __init__(self, client: Any, keys: RedisKeys, crash_at: int, after_write: bool) -> None:
+        super().__init__(client, keys)
+        self.crash_at, self.after_write, self.calls = crash_at, after_write, 0
+
+    async def append_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.crash_at and not self.after_write:
+            raise asyncio.CancelledError
+        result = await super().append_batch(*args, **kwargs)
+        if self.calls == self.crash_at:
+            raise asyncio.CancelledError
+        return result
+
+
+@pytest.mark.parametrize("after_write", [False, True], ids=["before-the-write", "after-the-write"])
+async def test_a_batch_killed_mid_way_is_applied_exactly_once(stack: Endpoints, after_write: bool) -> None:
+    """Two models interleaved on one partition (plus an inferences partition), applied in batches; the
+    process dies in the middle of one (before or after its Redis write, never acknowledged); a new
+    process gets everything from before the last *committed* batch again, cut into other batches.
+    Every event is counted once, per model, and the summaries catch up after the throttled writes."""
+    keys = RedisKeys(unique("fa-batch"))
+    settings = FeedbackSettings(
+        redis_url=stack.redis_url,
+        redis_prefix=keys.prefix,
+        feedback_snapshot_every=9,
+        feedback_min_corrections=10**6,
+        feedback_min_sample=10**6,
+        feedback_batch_max=10,
+        feedback_summary_interval_ms=300,
+    )
+    models = [unique("fa_ba"), unique("fa_bb")]
+    makers = {m: Events(m) for m in models}
+    events: list[Event] = []
+    for i in range(60):
+        make = makers[models[i % 3 % 2]]  # A, B, A, A, B, A, ...: uneven interleaving
+        events.append(make.inference(f"r{i}", str(1 + i % 2), error=i % 9 == 0))
+        events.append(
+            make.feedback(
+                f"r{i}", str(1 + i % 2), f"u{i % 4}", DOWN if i % 3 else UP, [1] if i % 5 == 0 else None
+            )
+        )
+    events += events[10:16]  # producer-side duplicates at new offsets
+    offsets = {INFERENCES: 0, FEEDBACK_RECORDED: 0}
+    delivered: list[tuple[str, int, int, bytes | None]] = []
+    for event in events:
+        topic = INFERENCES if isinstance(event, InferenceRecorded) else FEEDBACK_RECORDED
+        delivered.append((topic, 0, offsets[topic], encode(event)))
+        offsets[topic] += 1
+
+    client = async_redis(stack.redis_url)
+    try:
+        doomed = FeedbackService(
+            settings, CrashingStore(client, keys, crash_at=7, after_write=after_write), None
+        )
+        batches = [delivered[i : i + 10] for i in range(0, len(delivered), 10)]
+        committed = 0  # index of the first message whose offset Kafka has not committed
+        for n, batch in enumerate(batches):
+            try:
+                await doomed.handle_batch(batch)
+            except asyncio.CancelledError:
+                break
+            committed = 10 * max(0, n - 1)  # commits lag one batch behind the acks
+        else:
+            raise AssertionError("the process was never killed")
+        assert doomed.store.calls == 7  # type: ignore[attr-defined]
+
+        restarted = FeedbackService(settings, FeedbackStore(client, keys), None)
+        rest = delivered[committed:]
+        for i in range(0, len(rest), 7):  # other batch boundaries than before the kill
+            await restarted.handle_batch(rest[i : i + 7])
+        await restarted.tick()  # what the summary timer would write (no need to wait for it)
+        for model in models:
+            mine = [e for e in events if getattr(e, "model", None) == model]
+            ref = reference_of(mine)
+            summary = await read_summary(client, keys, model)
+            assert summary is not None
+            assert summary["applied_events"] == len(mine)
+            assert summary_counts(summary) == ref.counts()
+            for version in ("1", "2"):
+                assert summary["versions"][version]["duplicates"] == ref.duplicates[version]
+            fresh = FeedbackService(settings, FeedbackStore(client, keys), None)
+            assert {v: s.to_json() for v, s in (await fresh.view(model)).states.items()} == {
+                v: s.to_json() for v, s in (await restarted.view(model)).states.items()
+            }
+        await restarted.close()
+    finally:
+        await client.aclose()
+
+
+def test_the_services_trigger_signal_is_the_cores() -> None:
+    """`FeedbackService._signal` (a fast path, run per event) gives `core.triggers.signal_from`'s numbers."""
+    settings = FeedbackSettings(feedback_bucket_s=60, feedback_window_s=300)
+    service = FeedbackService(settings, cast(FeedbackStore, None), None)
+    model = "fa_signal"
+    make = Events(model)
+    view = ModelView(model)
+    start = make.now
+    for i in range(400):
+        version = str(1 + i % 3)
+        at = start + timedelta(seconds=7 * i)
+        event = make.feedback(
+            f"r{i % 150}", version, f"u{i % 5}", DOWN if i % 4 else UP, [1] if i % 6 == 0 else None, at=at
+        )
+        apply(view.states.setdefault(version, new_state(model, version)), event, service.config)
+        for now in (at, at + timedelta(seconds=61)):
+            for trigger in (TriggerState(), TriggerState(at - timedelta(seconds=100), 3)):
+                view.trigger = trigger
+                since = rate_window_start(service.policy, trigger, now)
+                assert service._signal(view, now) == signal_from(view.states.values(), service.config, since)
 
 
 class ScriptedPublisher:

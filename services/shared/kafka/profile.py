@@ -23,6 +23,9 @@ class BrokerProfile:
     aiokafka_producer: dict[str, Any] = field(default_factory=dict)
     aiokafka_consumer: dict[str, Any] = field(default_factory=dict)
     faust: dict[str, Any] = field(default_factory=dict)
+    # Producers of high-volume topics that are only ever consumed from committed offsets (never by end
+    # offset), e.g. inferences: batching is safe there even on the embedded broker (quirk 1).
+    kafka_python_bulk_producer: dict[str, Any] = field(default_factory=lambda: {"linger_ms": 5})
     # Faust hard-codes aiokafka's fetch_max_wait_ms=1500 (no setting); None keeps it.
     faust_fetch_max_wait_ms: int | None = None
 

@@ -64,11 +64,14 @@ class KafkaPublisher:
         profile: BrokerProfile,
         client_id: str,
         timeout_s: float = 5.0,
+        *,
+        bulk: bool = False,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._profile = profile
         self._client_id = client_id
         self._timeout_s = timeout_s
+        self._bulk = bulk
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
 
@@ -86,7 +89,11 @@ class KafkaPublisher:
                     "request_timeout_ms": max(timeout_ms, 1000),
                     "delivery_timeout_ms": max(timeout_ms, 1000) + 1000,
                     "reconnect_backoff_max_ms": 1000,
-                    **self._profile.kafka_python_producer,
+                    **(
+                        self._profile.kafka_python_bulk_producer
+                        if self._bulk
+                        else self._profile.kafka_python_producer
+                    ),
                 }
                 try:
                     self._producer = KafkaProducer(**config)
