@@ -127,8 +127,9 @@ def register_broken_version(
     model, accuracy = train_wine("strong", data)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
-        run_name="broken_logreg", tags=standard_tags("pyfunc")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mlflow.start_run(run_name="broken_logreg", tags=standard_tags("pyfunc")),
     ):
         path = Path(tmp) / "model.joblib"
         joblib.dump(model, path)
