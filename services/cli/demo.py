@@ -162,6 +162,12 @@ def act_hot_reload(runner: StackRunner, tracking_uri: str, model: str) -> tuple[
     console.print(f"registered {model} v{v1} (held-out accuracy {acc1:.3f}) and v{v2} ({acc2:.3f})")
     client.set_registered_model_alias(model, "champion", v1)
     replicas = runner.start_hot_reload(2, {"FLYWHEEL_MODELS": model})
+    # Counting feedback from the start (retraining off until act 3), so the loop never has to catch up.
+    start_loop_workers(
+        runner,
+        model,
+        {"FLYWHEEL_FEEDBACK_MIN_CORRECTIONS": "1000000000", "FLYWHEEL_FEEDBACK_THUMBS_DOWN_RATE": "1"},
+    )
     console.print(f"registry watcher, cache invalidation and {len(replicas)} gateway replicas are up")
 
     # The watcher's first poll publishes the existing champion; every replica preloads it.
@@ -325,8 +331,17 @@ def held_out_accuracy(tracking_uri: str, model: str, version: str) -> float:
     return float((predictions == data.test_y.to_numpy()).mean())
 
 
+def start_loop_workers(runner: StackRunner, model: str, env: dict[str, str]) -> None:
+    """(Re)start the feedback aggregation and retrainer workers with `env`."""
+    for name, port_var in WORKER_PORT_VARS.items():
+        previous = runner.services.pop(name, None)
+        if previous is not None:
+            previous.process.stop()
+        runner.start_service(name, extra_env={port_var: str(free_port()), "FLYWHEEL_MODELS": model, **env})
+
+
 def act_feedback_loop(
-    runner: StackRunner, tracking_uri: str, model: str, replicas: list[RunningService], timeout_s: float = 300
+    runner: StackRunner, tracking_uri: str, model: str, replicas: list[RunningService], timeout_s: float = 420
 ) -> bool:
     console.rule("[bold]Act 3: feedback -> dataset -> retraining -> canary, without a human")
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -338,9 +353,10 @@ def act_feedback_loop(
         "FLYWHEEL_FEEDBACK_TICK_S": "1",
         "FLYWHEEL_RETRAINER_MIN_ACCURACY": "0.8",
     }
-    for name, port_var in WORKER_PORT_VARS.items():
-        runner.start_service(name, extra_env={port_var: str(free_port()), **loop_env})
-    console.print("feedback aggregation and retrainer are up; simulated users rate the champion's answers")
+    # The aggregation worker has counted every rating since act 1 (with retraining switched off); it now
+    # restarts with the demo's trigger, so the corrections users gave so far can request a retraining.
+    start_loop_workers(runner, model, loop_env)
+    console.print("feedback aggregation restarted with a trigger of 25 corrections; retrainer is up")
     canary = runner.services["canary-rollout"]
     traffic = TrafficClient(replicas, model, users=True, feedback=True)
     traffic.start()
