@@ -26,7 +26,7 @@ from events import InferenceRecorded
 from services.gateway import metrics
 from services.gateway.core.inputs import InputError, parse_inputs
 from services.gateway.feedback import FeedbackService
-from services.gateway.feedback_api import add_feedback_routes
+from services.gateway.feedback_api import add_feedback_routes, flush_trace_writes
 from services.gateway.inference_events import InferenceEmitter
 from services.gateway.model_loader import LoadedModel, MlflowModelLoader, dspy_lm_factory, warm_up
 from services.gateway.model_manager import ModelManager, ModelRef
@@ -159,6 +159,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
             await gw.listener.stop()
             await gw.reloader.close()
             await run_in_threadpool(gw.emitter.stop)
+            await flush_trace_writes()
             await run_in_threadpool(gw.tracer.close)
             if gw.publisher is not None:
                 gw.publisher.close()

@@ -3,14 +3,17 @@
 404 when the request/trace is unknown; 422 naming the field for a bad rating or oversized comment or
 correction; a repeated submission (same request, same user) answers 202 with the first feedback id and
 is not recorded or counted again; 503 (retry later) when MLflow or Kafka cannot take it, in which case
-nothing was counted and the same submission may be sent again.
+nothing was counted and the same submission may be sent again. The event is the record that counts;
+the assessment on the MLflow trace follows in the background as soon as the trace is stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, m
 from redis.exceptions import RedisError
 
 from events import FeedbackRating, FeedbackRecorded
+from services.gateway import metrics
 from services.gateway.request_log import ServedRequest
 from services.shared.kafka.publisher import PublishError
 
@@ -98,15 +102,6 @@ def add_feedback_routes(app: FastAPI, gateway: Callable[[], Gateway]) -> None:
         except (RedisError, OSError) as exc:
             raise HTTPException(503, detail=f"feedback store unavailable: {exc}") from exc
         try:
-            if request.trace_id:
-                await run_in_threadpool(
-                    gw.feedback.record_feedback,
-                    request.trace_id,
-                    body.rating.value,
-                    body.corrected_output,
-                    body.comment,
-                    body.user_id,
-                )
             event = FeedbackRecorded(
                 producer=f"gateway/{gw.replica}",
                 feedback_id=feedback_id,
@@ -131,7 +126,53 @@ def add_feedback_routes(app: FastAPI, gateway: Callable[[], Gateway]) -> None:
             await _forget(gw, seen_key)
             log.warning("feedback on %s not recorded: %s", request.request_id, exc)
             raise HTTPException(503, detail=f"feedback not recorded, retry later: {exc}") from exc
+        if request.trace_id:
+            _record_on_trace(gw, request.trace_id, body)
         return {"feedback_id": feedback_id, "duplicate": False}
+
+
+_TRACE_WRITES: set[asyncio.Task[None]] = set()
+_TRACE_WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+TRACE_WAIT_S = 120.0
+
+
+def _record_on_trace(gw: Gateway, trace_id: str, body: FeedbackRequest) -> None:
+    """Attach the feedback to the MLflow trace in the background.
+
+    The event is already on Kafka (that is what counts); the trace of a prediction served a moment ago may
+    still be on its way to MLflow (traces are exported off the request path), so the assessment is written
+    as soon as the trace exists, waiting up to TRACE_WAIT_S. A failure is logged and counted.
+    """
+
+    async def write() -> None:
+        loop = asyncio.get_running_loop()
+        async with _TRACE_WRITERS.setdefault(loop, asyncio.Semaphore(4)):
+            try:
+                await run_in_threadpool(
+                    gw.feedback.record_feedback,
+                    trace_id,
+                    body.rating.value,
+                    body.corrected_output,
+                    body.comment,
+                    body.user_id,
+                    TRACE_WAIT_S,
+                )
+                metrics.FEEDBACK_ON_TRACE.labels("recorded").inc()
+            except Exception as exc:
+                metrics.FEEDBACK_ON_TRACE.labels("failed").inc()
+                log.warning("feedback not attached to trace %s: %s", trace_id, exc)
+
+    task = asyncio.get_running_loop().create_task(write())
+    _TRACE_WRITES.add(task)
+    task.add_done_callback(_TRACE_WRITES.discard)
+
+
+async def flush_trace_writes(timeout_s: float = 10.0) -> None:
+    """Wait (bounded) for pending trace assessments, e.g. at shutdown."""
+    if _TRACE_WRITES:
+        await asyncio.wait(list(_TRACE_WRITES), timeout=timeout_s)
 
 
 def _lookup(gw: Gateway, body: FeedbackRequest) -> dict[str, str] | None:

@@ -29,3 +29,6 @@ REDIS_RECONNECTS = Counter("flywheel_gateway_redis_reconnects_total", "Reload su
 EVENTS = Counter("flywheel_gateway_inference_events_total", "InferenceRecorded events", ["outcome"])
 EVENT_QUEUE = Gauge("flywheel_gateway_inference_queue", "InferenceRecorded events waiting to be sent")
 TRACE_ERRORS = Counter("flywheel_gateway_trace_errors_total", "Predictions whose trace could not be made")
+FEEDBACK_ON_TRACE = Counter(
+    "flywheel_gateway_feedback_on_trace_total", "Feedback attached to its MLflow trace", ["outcome"]
+)

@@ -251,9 +251,13 @@ def test_feedback_recorded_on_trace_and_published_once(
     assert (bob.model, bob.version, bob.rating.value, bob.corrected_output) == (name, "2", "thumbs_down", 1)
     assert bob.inputs == record(3) and bob.outputs == served["outputs"] and bob.trace_id == served["trace_id"]
 
-    trace = mlflow.get_trace(served["trace_id"])
-    assert trace is not None
-    names = {a.name for a in trace.info.assessments}
+    # The assessments follow in the background, as soon as the trace is stored in MLflow.
+    deadline = time.time() + 60
+    names: set[str] = set()
+    while time.time() < deadline and not {"user_rating", "corrected_output", "comment"} <= names:
+        trace = mlflow.get_trace(served["trace_id"])
+        names = {a.name for a in trace.info.assessments} if trace is not None else set()
+        time.sleep(0.5)
     assert {"user_rating", "corrected_output", "comment"} <= names, names
 
 
@@ -312,6 +316,14 @@ def test_export_dataset_from_traces_prefers_corrections(
             == 202
         )
     ours = {s["request_id"] for s in served}
+
+    def rated(trace_id: str) -> bool:
+        trace = mlflow.get_trace(trace_id)
+        return trace is not None and any(a.name == "user_rating" for a in trace.info.assessments)
+
+    deadline = time.time() + 60  # assessments are attached in the background once traces are stored
+    while time.time() < deadline and not all(rated(s["trace_id"]) for s in served):
+        time.sleep(0.5)
     runner = CliRunner()
     out = tmp_path / "all.jsonl"
     result = runner.invoke(
