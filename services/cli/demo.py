@@ -238,6 +238,16 @@ def _alias(client: MlflowClient, model: str, alias: str) -> str | None:
         return None
 
 
+def _alias_becomes(client: MlflowClient, model: str, alias: str, version: str, timeout_s: float = 30) -> bool:
+    """The registry may lag the rollout's view by a moment (and a busy server answers slowly)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if _alias(client, model, alias) == version:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def _rollout(canary: RunningService, model: str) -> dict[str, Any] | None:
     try:
         resp = httpx.get(f"{canary.url}/v1/rollouts/{model}", timeout=5)
@@ -294,7 +304,7 @@ def act_canary(runner: StackRunner, tracking_uri: str, model: str, replicas: lis
     console.print("champion back at v1 (hot reload); starting the canary rollout service")
     canary = runner.start_canary(DEMO_CANARY_ENV)
     view, traffic = _run_rollout(client, canary, replicas, model, "2")
-    promoted = bool(view and view["status"] == "promoted" and _alias(client, model, "champion") == "2")
+    promoted = bool(view and view["status"] == "promoted" and _alias_becomes(client, model, "champion", "2"))
     for (variant, version), results in sorted(traffic.variants.items()):
         console.print(
             f"  {variant} v{version}: {len(results)} answers, live accuracy {sum(results) / len(results):.3f}"
@@ -308,7 +318,9 @@ def act_canary(runner: StackRunner, tracking_uri: str, model: str, replicas: lis
     view, traffic = _run_rollout(client, canary, replicas, model, v3)
     decisions = (view or {}).get("decisions", [])
     max_weight = max((d["weight"] for d in decisions if d["decision"] != "rollback"), default=0)
-    rolled_back = bool(view and view["status"] == "rolled_back" and _alias(client, model, "champion") == "2")
+    rolled_back = bool(
+        view and view["status"] == "rolled_back" and _alias_becomes(client, model, "champion", "2")
+    )
     failed_v3 = len(traffic.traffic.errors)
     console.print(
         f"  requests that hit the broken v{v3}: {failed_v3} failed; highest challenger weight {max_weight}%"
