@@ -15,13 +15,12 @@ is skipped, logged and counted: retrying it cannot help.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import faust
 import redis.asyncio as aioredis
@@ -44,10 +43,9 @@ from services.cache_invalidation.settings import CacheInvalidationSettings
 from services.shared.faust_app import event_topic, make_faust_app
 from services.shared.redis_store import RedisKeys, async_redis
 from services.shared.resolution import ResolutionEntry
+from services.shared.retry import retry_forever
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class Outcome(StrEnum):
@@ -111,7 +109,13 @@ class InvalidationHandler:
         if not self._settings.watches(event.model):
             metrics.SKIPPED.inc()
             return Handled(Outcome.SKIPPED, event)
-        return await self._retrying(lambda: self._apply(event), event)
+        return await retry_forever(
+            lambda: self._apply(event),
+            f"applying {event.event_id} ({event.model}@{event.alias})",
+            initial_s=self._settings.invalidation_retry_initial_s,
+            max_s=self._settings.invalidation_retry_max_s,
+            on_error=_count_apply_error,
+        )
 
     async def _apply(self, event: AliasChanged) -> Handled:
         writer = self._get_writer()
@@ -161,38 +165,9 @@ class InvalidationHandler:
         )
         return Handled(Outcome.APPLIED, event, entry)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]], event: AliasChanged) -> T:
-        """Run `attempt` until it succeeds; only cancellation (worker stopping) ends the loop early."""
-        delay = self._settings.invalidation_retry_initial_s
-        failures = 0
-        while True:
-            try:
-                return await attempt()
-            except (RedisError, OSError) as exc:
-                failures += 1
-                metrics.APPLY_ERRORS.labels("redis").inc()
-                log.warning(
-                    "cannot apply %s (%s@%s), attempt %d; retrying in %.1fs: %r",
-                    event.event_id,
-                    event.model,
-                    event.alias,
-                    failures,
-                    delay,
-                    exc,
-                )
-            except Exception:
-                failures += 1
-                metrics.APPLY_ERRORS.labels("unexpected").inc()
-                log.exception(
-                    "cannot apply %s (%s@%s), attempt %d; retrying in %.1fs",
-                    event.event_id,
-                    event.model,
-                    event.alias,
-                    failures,
-                    delay,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._settings.invalidation_retry_max_s)
+
+def _count_apply_error(exc: BaseException) -> None:
+    metrics.APPLY_ERRORS.labels("redis" if isinstance(exc, RedisError | OSError) else "unexpected").inc()
 
 
 def create_app(settings: CacheInvalidationSettings, handler: InvalidationHandler | None = None) -> faust.App:
