@@ -25,7 +25,9 @@ from events.models import (
     DatasetPublished,
     FeedbackRating,
     FeedbackRecorded,
+    GateOutcome,
     InferenceRecorded,
+    RetrainingFinished,
     RetrainingRequested,
 )
 from events.topics import (
@@ -35,6 +37,7 @@ from events.topics import (
     DATASETS_PUBLISHED,
     FEEDBACK_RECORDED,
     INFERENCES,
+    RETRAINING_FINISHED,
     RETRAINING_REQUESTED,
     TOPIC_OF,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "DATASETS_PUBLISHED",
     "FEEDBACK_RECORDED",
     "INFERENCES",
+    "RETRAINING_FINISHED",
     "RETRAINING_REQUESTED",
     "TOPIC_OF",
     "AliasAction",
@@ -60,7 +64,9 @@ __all__ = [
     "EventDecodeError",
     "FeedbackRating",
     "FeedbackRecorded",
+    "GateOutcome",
     "InferenceRecorded",
+    "RetrainingFinished",
     "RetrainingRequested",
     "UnknownEventSchema",
     "UnsupportedSchemaVersion",

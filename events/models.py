@@ -185,6 +185,45 @@ class RetrainingRequested(Event):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class GateOutcome(BaseModel):
+    """One quality gate of a retraining, with the value measured in that run."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    passed: bool
+    value: float | None = Field(description="Measured value; null when the gate was not evaluated.")
+    threshold: float | None = None
+    message: str = ""
+
+
+class RetrainingFinished(Event):
+    """How a retraining request ended. Every request that reaches the retrainer ends in one, so a failed
+    gate is visible to operators and consumers (and a later trigger can retry); `version` is set only
+    when a version was registered and became `challenger`."""
+
+    SCHEMA_NAME = "flywheel.retraining-finished"
+    schema_id: str = schema_field(SCHEMA_NAME)
+
+    model: ModelName = _NAME
+    request_event_id: str = Field(min_length=1, max_length=128, description="The RetrainingRequested.")
+    outcome: Literal["challenger", "gates_failed", "dataset_rejected", "failed"]
+    version: Version | None = Field(default=None, description="Registered version (outcome challenger).")
+    run_id: str | None = Field(default=None, description="The MLflow run of this retraining.")
+    base_version: Version | None = None
+    dataset_name: str | None = None
+    dataset_version: int | None = None
+    gates: list[GateOutcome] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    message: str = ""
+
+    @model_validator(mode="after")
+    def _version_only_for_challenger(self) -> RetrainingFinished:
+        if (self.outcome == "challenger") != (self.version is not None):
+            raise ValueError("version is set exactly when the outcome is 'challenger'")
+        return self
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     AliasChanged,
     InferenceRecorded,
@@ -192,4 +231,5 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     CanaryDecision,
     DatasetPublished,
     RetrainingRequested,
+    RetrainingFinished,
 )

@@ -9,6 +9,7 @@ from events.models import (
     DatasetPublished,
     FeedbackRecorded,
     InferenceRecorded,
+    RetrainingFinished,
     RetrainingRequested,
 )
 
@@ -18,6 +19,7 @@ FEEDBACK_RECORDED = "flywheel.feedback.recorded"
 CANARY_DECISIONS = "flywheel.canary.decisions"
 DATASETS_PUBLISHED = "flywheel.datasets.published"
 RETRAINING_REQUESTED = "flywheel.retraining.requested"
+RETRAINING_FINISHED = "flywheel.retraining.finished"
 
 TOPIC_OF: dict[type[Event], str] = {
     AliasChanged: ALIAS_CHANGED,
@@ -26,6 +28,7 @@ TOPIC_OF: dict[type[Event], str] = {
     CanaryDecision: CANARY_DECISIONS,
     DatasetPublished: DATASETS_PUBLISHED,
     RetrainingRequested: RETRAINING_REQUESTED,
+    RetrainingFinished: RETRAINING_FINISHED,
 }
 
 ALL_TOPICS: tuple[str, ...] = tuple(TOPIC_OF.values())

@@ -21,6 +21,8 @@ from mlflow import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.common import TopicFollower
+from events import RETRAINING_FINISHED, RetrainingFinished
 from services.cli.stack_runner import WORKER_PORT_VARS, RunningService, StackRunner
 from services.shared.embedded.process import free_port
 from services.shared.sample_models import register_broken_version, register_wine_version, wine_data
@@ -352,6 +354,22 @@ def start_loop_workers(runner: StackRunner, model: str, env: dict[str, str]) -> 
         runner.start_service(name, extra_env={port_var: str(free_port()), "FLYWHEEL_MODELS": model, **env})
 
 
+def _print_retraining(event: Any, elapsed_s: float) -> None:
+    """One RetrainingFinished: the outcome and every gate with its measured value."""
+    if not isinstance(event, RetrainingFinished):
+        return
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3g}"
+
+    gates = ", ".join(
+        f"{'[green]' if g.passed else '[red]'}{g.name} {num(g.value)}/{num(g.threshold)}[/]"
+        for g in event.gates
+    )
+    version = f" v{event.version}" if event.version else ""
+    console.print(f"  t+{elapsed_s:5.1f}s  retraining finished: {event.outcome}{version} ({gates})")
+
+
 def act_feedback_loop(
     runner: StackRunner, tracking_uri: str, model: str, replicas: list[RunningService], timeout_s: float = 420
 ) -> bool:
@@ -361,10 +379,14 @@ def act_feedback_loop(
     loop_env = {
         "FLYWHEEL_MODELS": model,
         "FLYWHEEL_FEEDBACK_MIN_CORRECTIONS": "25",
-        "FLYWHEEL_FEEDBACK_COOLDOWN_S": "3600",
+        # A retraining whose gates fail ends in a RetrainingFinished; the next trigger (new corrections
+        # keep arriving) retries once this cooldown has passed.
+        "FLYWHEEL_FEEDBACK_COOLDOWN_S": "30",
         "FLYWHEEL_FEEDBACK_TICK_S": "1",
         "FLYWHEEL_RETRAINER_MIN_ACCURACY": "0.8",
     }
+    assert runner.endpoints is not None
+    finished = TopicFollower(runner.endpoints, RETRAINING_FINISHED)
     # The aggregation worker has counted every rating since act 1 (with retraining switched off); it now
     # restarts with the demo's trigger, so the corrections users gave so far can request a retraining.
     start_loop_workers(runner, model, loop_env)
@@ -377,6 +399,8 @@ def act_feedback_loop(
     promoted = False
     try:
         while time.time() - started < timeout_s:
+            while (end := finished.wait(lambda e: getattr(e, "model", None) == model, 0)) is not None:
+                _print_retraining(end[1], time.time() - started)
             challenger = _alias(client, model, "challenger")
             if new_version is None and challenger not in (None, champion) and int(challenger) > 3:
                 new_version = challenger
@@ -393,6 +417,7 @@ def act_feedback_loop(
             time.sleep(1.0)
     finally:
         traffic.stop()
+        finished.close()
     view = _rollout(canary, model)
     if view:
         console.print(
@@ -417,8 +442,8 @@ def run_demo(workdir: Path) -> int:
     with StackRunner(workdir) as runner:
         endpoints = runner.start_infrastructure()
         console.print(
-            f"MLflow {endpoints.mlflow_tracking_uri}  Kafka {endpoints.kafka_bootstrap_servers}  "
-            f"Redis {endpoints.redis_url}"
+            f"MLflow {endpoints.mlflow_tracking_uri}  Kafka {endpoints.kafka_bootstrap_servers} "
+            f"({endpoints.kafka_broker}: {endpoints.kafka_reason})  Redis {endpoints.redis_url}"
         )
         ok, facts = act_hot_reload(runner, endpoints.mlflow_tracking_uri, model)
         if ok:

@@ -190,7 +190,11 @@ def up(
             watcher = runner.services["registry-watcher"]
         table = Table(title="Flywheel is up", show_header=False)
         table.add_row("MLflow", endpoints.mlflow_tracking_uri)
-        table.add_row("Kafka", f"{endpoints.kafka_bootstrap_servers} ({endpoints.kafka_profile} profile)")
+        table.add_row(
+            "Kafka",
+            f"{endpoints.kafka_bootstrap_servers}: {endpoints.kafka_broker}, "
+            f"{endpoints.kafka_profile} client profile ({endpoints.kafka_reason})",
+        )
         table.add_row("Redis", redact_url(endpoints.redis_url))
         table.add_row("registry watcher", f"{watcher.url}  (webhook: {watcher.url}/webhooks/mlflow)")
         for name, svc in runner.services.items():

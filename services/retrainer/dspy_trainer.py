@@ -27,7 +27,7 @@ from services.retrainer.core.examples import REQUIRED_COLUMNS, field_examples, o
 from services.retrainer.core.gates import Measurements, percentile
 from services.retrainer.dataset import Dataset
 from services.retrainer.settings import RetrainerSettings
-from services.retrainer.training import BaseVersion, Candidate, TrainingFailed, timed_calls
+from services.retrainer.training import BaseVersion, Candidate, TrainingFailed, timed_side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,12 @@ class DspyTrainer:
                 prediction = module(**held[i][0])
                 return {f: getattr(prediction, f, None) for f in output_fields}
 
-            new_out, latencies, new_err = timed_calls(lambda i: answer(compiled, i), len(held))
-            old_out, _, old_err = timed_calls(lambda i: answer(baseline_program, i), len(held))
+            timed, timed_baseline = timed_side_by_side(
+                lambda i: answer(compiled, i), lambda i: answer(baseline_program, i), len(held)
+            )
+            assert timed_baseline is not None
+            new_out, latencies, new_err = timed.results, timed.latencies_ms, timed.errors
+            old_out, old_err = timed_baseline.results, timed_baseline.errors
             new_ok = [o is not None and outputs_match(held[i][1], o) for i, o in enumerate(new_out)]
             old_ok = [o is not None and outputs_match(held[i][1], o) for i, o in enumerate(old_out)]
             score = sum(new_ok) / len(held) if held else None
@@ -220,6 +224,7 @@ class DspyTrainer:
             latencies_ms=latencies,
             baseline_accuracy=baseline,
             baseline_label=base.baseline_label,
+            baseline_latencies_ms=timed_baseline.latencies_ms,
         )
         tags = {
             "dspy.input_fields": ",".join(input_fields),

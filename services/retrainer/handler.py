@@ -4,16 +4,19 @@ Every request that reaches `process` leaves an MLflow run in the experiment `fly
 tags say what happened (`flywheel.retrainer.outcome`: challenger, gates_failed, dataset_rejected,
 failed), with the gate report, the outcome as `outcome.json`, and the usual training record (params,
 metrics, dataset input, evaluation table, model). The outcome is also logged and counted in Prometheus
-(`flywheel_retrainer_requests_total{outcome}`). There is no result event: the event contract has no type
-for it.
+(`flywheel_retrainer_requests_total{outcome}`), and published as a RetrainingFinished event (outcome,
+every gate with its measured value, the version when one was registered), so a failed gate is visible
+to every consumer and a later trigger can retry.
 
 Failures are of two kinds:
 - permanent (`DatasetRejected`: missing, tampered or foreign dataset; `TrainingFailed`: the model
   cannot be trained or evaluated): recorded as the outcome at once; retrying cannot help;
 - anything else (MLflow unreachable, ...): the attempt's run is tagged `interrupted` and `handle`
   retries with back-off; after `retrainer_max_attempts` the failure is recorded as outcome `failed`.
-`handle` returns only once an outcome is recorded, so the worker moves past (and Faust commits) a
-request only after that.
+`handle` returns only once an outcome is recorded and its RetrainingFinished acknowledged by Kafka, so
+the worker moves past (and Faust commits) a request only after both. A redelivered request whose
+outcome was recorded publishes the recorded outcome again, under the same event id (derived from the
+request's), so consumers can drop the repeat.
 
 Idempotency: runs carry the request's event id and dataset run id as tags. A redelivered request
 finds its run: when it has an outcome, nothing is done again (`duplicate`); when the earlier attempt
@@ -32,11 +35,13 @@ import math
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 from mlflow import MlflowClient
@@ -46,7 +51,15 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from events import RETRAINING_REQUESTED, EventDecodeError, RetrainingRequested, decode
+from events import (
+    RETRAINING_REQUESTED,
+    Event,
+    EventDecodeError,
+    GateOutcome,
+    RetrainingFinished,
+    RetrainingRequested,
+    decode,
+)
 from services.retrainer import metrics
 from services.retrainer.core.gates import GateReport, evaluate_gates
 from services.retrainer.dataset import Dataset, DatasetRejected, load_dataset
@@ -54,6 +67,8 @@ from services.retrainer.dspy_trainer import DspyTrainer
 from services.retrainer.settings import RetrainerSettings
 from services.retrainer.sklearn_trainer import SklearnTrainer
 from services.retrainer.training import BaseVersion, Candidate, Trainer, TrainingFailed, resolve_base
+from services.shared.kafka.profile import profile_named
+from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.mlflow_registry import RegistryAdapter
 from services.shared.retry import retry_forever
 from services.shared.sample_models import standard_tags
@@ -72,6 +87,8 @@ TAG_RUN = TAG_PREFIX + "run_id"
 INTERRUPTED = "interrupted"
 NO_DATASET = "none"
 DIGEST_MAX = 36  # MLflow's limit on a dataset digest
+PRODUCER = "retrainer"
+OUTCOME_FILE = "outcome.json"
 
 
 class Outcome(StrEnum):
@@ -82,6 +99,9 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     SKIPPED = "skipped"
     UNDECODABLE = "undecodable"
+
+
+FINISHING_OUTCOMES = (Outcome.CHALLENGER, Outcome.GATES_FAILED, Outcome.DATASET_REJECTED, Outcome.FAILED)
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,35 @@ def _finite(values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
 
 
+class EventPublisher(Protocol):
+    async def publish_events(self, events: Sequence[Event]) -> Any: ...
+
+
+def finished_event(request: RetrainingRequested, recorded: dict[str, Any]) -> RetrainingFinished | None:
+    """The RetrainingFinished of a request from its recorded outcome (`RetrainResult.to_dict`, which is
+    also the run's `outcome.json`); None when the outcome does not end a request (skipped, ...).
+    The event id is derived from the request's, so a republished outcome is recognisably the same."""
+    outcome = recorded.get("outcome")
+    if outcome not in FINISHING_OUTCOMES:
+        return None
+    gates = (recorded.get("gates") or {}).get("gates") or []
+    return RetrainingFinished(
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"flywheel.retraining-finished/{request.event_id}").hex,
+        producer=PRODUCER,
+        model=request.model,
+        request_event_id=request.event_id,
+        outcome=outcome,
+        version=recorded.get("version") if outcome == Outcome.CHALLENGER else None,
+        run_id=recorded.get("run_id"),
+        base_version=request.base_version,
+        dataset_name=request.dataset_name,
+        dataset_version=request.dataset_version,
+        gates=[GateOutcome.model_validate(g) for g in gates],
+        metrics=_finite(recorded.get("metrics") or {}),
+        message=str(recorded.get("message") or "")[:2000],
+    )
+
+
 class RetrainHandler:
     """Handles retraining requests; `process` is blocking (MLflow, training), `handle` runs it in a
     thread with the retry rules above. One request at a time."""
@@ -125,6 +174,7 @@ class RetrainHandler:
         registry: RegistryAdapter | None = None,
         trainers: dict[str, Trainer] | None = None,
         dspy_lm: Any | None = None,
+        events: EventPublisher | None = None,
     ) -> None:
         self.settings = settings
         uri = settings.mlflow_tracking_uri
@@ -137,6 +187,12 @@ class RetrainHandler:
             "dspy": DspyTrainer(settings, lm=dspy_lm),
         }
         self.thresholds = settings.thresholds()
+        self.events: EventPublisher = events or KafkaPublisher(
+            settings.kafka_bootstrap_servers,
+            profile_named(settings.kafka_profile),
+            client_id="flywheel-retrainer",
+            timeout_s=10.0,
+        )
         self._experiment_id: str | None = None
         self._lock = threading.Lock()
 
@@ -153,6 +209,39 @@ class RetrainHandler:
         return await self.handle(event)
 
     async def handle(self, event: RetrainingRequested) -> RetrainResult:
+        """Handle one request to its end: outcome recorded in MLflow, then RetrainingFinished acked."""
+        result = await self._handle(event)
+        await self.publish_finished(event, result)
+        return result
+
+    async def publish_finished(self, event: RetrainingRequested, result: RetrainResult) -> None:
+        if result.outcome is Outcome.DUPLICATE and result.run_id:
+            run_id = result.run_id
+
+            def recorded() -> Any:
+                return asyncio.to_thread(self._recorded_outcome, run_id)
+
+            outcome = await retry_forever(recorded, f"reading the recorded outcome of {event.event_id}")
+        else:
+            outcome = result.to_dict()
+        finished = finished_event(event, outcome)
+        if finished is None:
+            return
+
+        async def send() -> Any:
+            return await self.events.publish_events([finished])
+
+        await retry_forever(
+            send,
+            f"publishing RetrainingFinished of {event.event_id}",
+            on_error=lambda _: metrics.FAILURES.labels("publishing").inc(),
+        )
+
+    def _recorded_outcome(self, run_id: str) -> dict[str, Any]:
+        loaded = mlflow.artifacts.load_dict(f"runs:/{run_id}/{OUTCOME_FILE}")
+        return dict(loaded) if isinstance(loaded, dict) else {}
+
+    async def _handle(self, event: RetrainingRequested) -> RetrainResult:
         if not self.settings.watches(event.model):
             metrics.OUTCOMES.labels(Outcome.SKIPPED).inc()
             return RetrainResult(Outcome.SKIPPED, event.model, event.event_id)
@@ -313,7 +402,7 @@ class RetrainHandler:
     def _record(self, run_id: str, result: RetrainResult) -> None:
         """Outcome into the run: message, outcome.json, then the outcome tag (the idempotency mark)."""
         self.client.set_tag(run_id, TAG_MESSAGE, result.message[:5000])
-        self.client.log_text(run_id, json.dumps(result.to_dict(), indent=2, default=str), "outcome.json")
+        self.client.log_text(run_id, json.dumps(result.to_dict(), indent=2, default=str), OUTCOME_FILE)
         self.client.set_tag(run_id, TAG_OUTCOME, str(result.outcome))
 
     def _announce(self, result: RetrainResult) -> None:

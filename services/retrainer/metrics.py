@@ -13,7 +13,7 @@ OUTCOMES = Counter(
 FAILURES = Counter(
     "flywheel_retrainer_failures_total",
     "Failures while handling a request, by stage (dataset, training, attempt = retried infrastructure "
-    "error, recording)",
+    "error, recording, publishing = RetrainingFinished not yet acknowledged)",
     ["stage"],
 )
 GATES = Counter("flywheel_retrainer_gates_total", "Quality gate results", ["gate", "result"])

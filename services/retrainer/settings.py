@@ -21,7 +21,14 @@ class RetrainerSettings(FlywheelSettings):
         description="Regression gate: accuracy may fall at most this below the champion.",
     )
     retrainer_max_p95_ms: float = Field(
-        default=50.0, gt=0, description="Latency gate: p95 of single-request inference latency, ms."
+        default=250.0,
+        gt=0,
+        description="Latency ceiling gate: p95 of single-request inference latency, ms (a production SLO).",
+    )
+    retrainer_max_p95_ratio: float = Field(
+        default=1.5,
+        gt=0,
+        description="Latency ratio gate: candidate p95 / champion p95, timed side by side on the same rows.",
     )
     retrainer_group_id: str = Field(
         default="flywheel-retrainer",
@@ -89,4 +96,5 @@ class RetrainerSettings(FlywheelSettings):
             min_accuracy=self.retrainer_min_accuracy,
             max_p95_latency_ms=self.retrainer_max_p95_ms,
             max_regression=self.retrainer_max_regression,
+            max_p95_latency_ratio=self.retrainer_max_p95_ratio,
         )

@@ -30,7 +30,14 @@ from services.retrainer.core.examples import REQUIRED_COLUMNS, drop_overlap, tab
 from services.retrainer.core.gates import Measurements, percentile
 from services.retrainer.dataset import Dataset
 from services.retrainer.settings import RetrainerSettings
-from services.retrainer.training import BaseVersion, Candidate, TrainingFailed, accuracy, timed_calls
+from services.retrainer.training import (
+    BaseVersion,
+    Candidate,
+    TrainingFailed,
+    accuracy,
+    timed_calls,
+    timed_side_by_side,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +138,24 @@ class SklearnTrainer:
         candidate = mlflow.pyfunc.load_model(info.model_uri)
         predicted = self._predict(candidate, held_x)
         new_accuracy = accuracy(held_y, predicted)
-        n_timed = min(self.latency_samples, len(held_x))
-        candidate.predict(held_x.iloc[[0]])  # warm-up: the first call pays one-off costs
-        _, latencies, _ = timed_calls(lambda i: candidate.predict(held_x.iloc[[i]]), n_timed)
-
+        baseline = None
         baseline_predicted: list[Any] = [None] * len(held_y)
         baseline_accuracy = None
         if base.baseline_uri is not None:
             baseline = mlflow.pyfunc.load_model(base.baseline_uri)
             baseline_predicted = self._predict(baseline, data.test_x)
             baseline_accuracy = accuracy(held_y, baseline_predicted)
+
+        n_timed = min(self.latency_samples, len(held_x))
+        candidate.predict(held_x.iloc[[0]])  # warm-up: the first call pays one-off costs
+        if baseline is not None:
+            baseline.predict(data.test_x.iloc[[0]])
+        timed, timed_baseline = timed_side_by_side(
+            lambda i: candidate.predict(held_x.iloc[[i]]),
+            (lambda i: baseline.predict(data.test_x.iloc[[i]])) if baseline is not None else None,
+            n_timed,
+        )
+        latencies = timed.latencies_ms
 
         table = held_x.reset_index(drop=True).copy()
         table.insert(0, "held_out_index", [_plain(i) for i in data.test_x.index])
@@ -161,6 +176,8 @@ class SklearnTrainer:
                 "baseline_accuracy": baseline_accuracy,
                 "improvement": new_accuracy - baseline_accuracy,
             }
+        if timed_baseline is not None:
+            metrics["baseline_p95_latency_ms"] = percentile(timed_baseline.latencies_ms, 95)
         measurements = Measurements(
             columns=schema.columns,
             required_columns=schema.required_columns,
@@ -170,6 +187,7 @@ class SklearnTrainer:
             latencies_ms=latencies,
             baseline_accuracy=baseline_accuracy,
             baseline_label=base.baseline_label,
+            baseline_latencies_ms=timed_baseline.latencies_ms if timed_baseline is not None else None,
         )
         tags = {
             "flywheel.retrainer.algorithm": self.algorithm,

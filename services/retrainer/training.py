@@ -112,21 +112,45 @@ def resolve_base(registry: RegistryAdapter, event: RetrainingRequested, champion
     )
 
 
-def timed_calls(call: Callable[[int], Any], count: int) -> tuple[list[Any], list[float], list[str | None]]:
-    """Call `call(i)` for i in range(count): results (None on error), latencies in ms, errors."""
-    results: list[Any] = []
-    latencies: list[float] = []
-    errors: list[str | None] = []
-    for i in range(count):
+@dataclass
+class TimedCalls:
+    results: list[Any]
+    latencies_ms: list[float]
+    errors: list[str | None]
+
+
+def timed_side_by_side(
+    candidate: Callable[[int], Any], baseline: Callable[[int], Any] | None, count: int
+) -> tuple[TimedCalls, TimedCalls | None]:
+    """Time the candidate and the baseline on the same `count` inputs, interleaved (the order
+    alternates per input), so both meet the same machine load and their p95s can be compared as a
+    ratio. With no baseline only the candidate is timed."""
+    cand = TimedCalls([], [], [])
+    base = TimedCalls([], [], []) if baseline is not None else None
+
+    def one(call: Callable[[int], Any], i: int, into: TimedCalls) -> None:
         start = time.perf_counter()
         try:
-            results.append(call(i))
-            errors.append(None)
+            into.results.append(call(i))
+            into.errors.append(None)
         except Exception as exc:
-            results.append(None)
-            errors.append(repr(exc)[:300])
-        latencies.append((time.perf_counter() - start) * 1000)
-    return results, latencies, errors
+            into.results.append(None)
+            into.errors.append(repr(exc)[:300])
+        into.latencies_ms.append((time.perf_counter() - start) * 1000)
+
+    pair: list[tuple[Callable[[int], Any], TimedCalls]] = [(candidate, cand)]
+    if baseline is not None and base is not None:
+        pair.append((baseline, base))
+    for i in range(count):
+        for call, into in pair if i % 2 == 0 else reversed(pair):
+            one(call, i, into)
+    return cand, base
+
+
+def timed_calls(call: Callable[[int], Any], count: int) -> tuple[list[Any], list[float], list[str | None]]:
+    """Call `call(i)` for i in range(count): results (None on error), latencies in ms, errors."""
+    timed, _ = timed_side_by_side(call, None, count)
+    return timed.results, timed.latencies_ms, timed.errors
 
 
 def accuracy(expected: Sequence[Any], predicted: Sequence[Any]) -> float:

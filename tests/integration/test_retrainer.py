@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from events import RetrainingRequested
+from events import RETRAINING_FINISHED, RetrainingFinished, RetrainingRequested
 from services.feedback_aggregation.core.examples import ExampleRow
 from services.feedback_aggregation.dataset_writer import MANIFEST, write_dataset
 from services.retrainer.core.gates import ACCURACY, GATE_NAMES
@@ -42,7 +41,7 @@ from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.mlflow_registry import RegistryAdapter
 from services.shared.sample_models import register_wine_version, wine_data
-from tests.support import start_service, unique
+from tests.support import TopicReader, start_service, unique
 
 pytestmark = pytest.mark.integration
 
@@ -387,6 +386,14 @@ def test_repeated_infrastructure_failures_are_recorded_not_dropped(
     # a redelivery after the recorded failure does not try again
     assert asyncio.run(handler.handle(event)).outcome is Outcome.DUPLICATE
     assert trainer.calls == 3
+    # ... and both handlings ended in the same RetrainingFinished (failed)
+    finished = TopicReader(stack, RETRAINING_FINISHED)
+    try:
+        ends = finished.wait_for(lambda e: getattr(e, "request_event_id", None) == event.event_id, 2)
+    finally:
+        finished.close()
+    assert [(e.outcome, e.version) for e in ends] == [("failed", None)] * 2  # type: ignore[attr-defined]
+    assert ends[0].event_id == ends[1].event_id
 
 
 @pytest.mark.parametrize("crash", ["killed", "interrupted"])
@@ -441,24 +448,29 @@ def test_worker_end_to_end_through_kafka(
     publisher = KafkaPublisher(
         stack.kafka_bootstrap_servers, profile_named(stack.kafka_profile), client_id="tests"
     )
+    finished = TopicReader(stack, RETRAINING_FINISHED)
     try:
         event = request(model, run_id)
         # the same request twice: the second is a redelivery and must not train again
         publisher.publish_sync([Record.of(event), Record.of(event)])
-        log_path = tmp_path / "retrainer-worker.log"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            text = log_path.read_text(errors="replace") if log_path.exists() else ""
-            if "duplicate" in text:
-                break
-            assert proc.alive(), proc.tail()
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"the worker did not handle both records:\n{proc.tail(60)}")
+        ends = finished.wait_for(
+            lambda e: isinstance(e, RetrainingFinished) and e.request_event_id == event.event_id, 2, 180
+        )
+        assert len(ends) == 2, proc.tail(60)
+        # the redelivery republishes the recorded outcome under the same event id
+        assert {e.event_id for e in ends} == {ends[0].event_id}
+        end = ends[0]
+        assert isinstance(end, RetrainingFinished)
+        assert (end.model, end.outcome, end.version) == (model, "challenger", "2")
+        assert [g.name for g in end.gates] == list(GATE_NAMES) and all(g.passed for g in end.gates)
+        ratio = next(g for g in end.gates if g.name == "p95_latency_ratio")
+        assert ratio.value is not None and ratio.value > 0  # candidate vs champion timed side by side
         assert aliases_of(uri, model) == {"champion": v1, "challenger": "2"}
         assert versions_of(uri, model) == ["1", "2"]
-        assert "challenger version 2" in log_path.read_text()
+        log_text = (tmp_path / "retrainer-worker.log").read_text()
+        assert "challenger version 2" in log_text and "duplicate" in log_text
     finally:
+        finished.close()
         publisher.close()
         proc.stop()
 

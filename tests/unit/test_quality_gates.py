@@ -15,6 +15,7 @@ from services.retrainer.core import (
     GATE_NAMES,
     NO_REGRESSION,
     P95_LATENCY,
+    P95_LATENCY_RATIO,
     REQUIRED_COLUMNS,
     GateThresholds,
     Measurements,
@@ -23,6 +24,7 @@ from services.retrainer.core import (
     evaluate_gates,
     field_examples,
     latency_gate,
+    latency_ratio_gate,
     normalize_label,
     outputs_match,
     percentile,
@@ -90,10 +92,32 @@ def test_accuracy_gate_threshold_is_inclusive() -> None:
 def test_unmeasured_gates_fail_as_not_evaluated() -> None:
     report = evaluate_gates(measured(accuracy=None, latencies_ms=None), T)
     assert not report.passed
-    assert set(report.failed) == {ACCURACY, P95_LATENCY, NO_REGRESSION}
+    assert set(report.failed) == {ACCURACY, P95_LATENCY_RATIO, P95_LATENCY, NO_REGRESSION}
     assert all(report.gate(n).message == "not evaluated" for n in report.failed)
     assert accuracy_gate(math.nan, 0.5).message == "not evaluated"
     assert latency_gate([], 10).message == "not evaluated"
+
+
+def test_latency_ratio_compares_with_the_champion_timed_in_the_same_run() -> None:
+    # A loaded machine slows both alike: 67 ms against a champion's 60 ms is a ratio of 1.12 and
+    # passes, while the same 67 ms against a champion at 20 ms (3.35x slower) fails.
+    loaded = measured(latencies_ms=[67.0] * 50, baseline_latencies_ms=[60.0] * 50)
+    report = evaluate_gates(loaded, T)
+    ratio = report.gate(P95_LATENCY_RATIO)
+    assert ratio.passed and ratio.value == pytest.approx(67 / 60) and ratio.threshold == 1.5
+    slower = evaluate_gates(measured(latencies_ms=[67.0] * 50, baseline_latencies_ms=[20.0] * 50), T)
+    assert slower.failed == (P95_LATENCY_RATIO, P95_LATENCY)
+    assert "ratio 3.35 > 1.5" in slower.gate(P95_LATENCY_RATIO).message
+    assert latency_ratio_gate([10.0], [10.0], 1.0).passed  # inclusive
+    assert latency_ratio_gate([1.0], [0.0], 1.5).value == math.inf
+
+
+def test_latency_ratio_without_a_timed_champion_passes_and_the_ceiling_still_applies() -> None:
+    no_baseline = latency_ratio_gate([5.0], None, 1.5)
+    assert no_baseline.passed and no_baseline.value is None
+    assert "no champion timed" in no_baseline.message
+    report = evaluate_gates(measured(latencies_ms=[400.0], baseline_latencies_ms=None), GateThresholds())
+    assert report.failed == (P95_LATENCY,)  # the production ceiling (250 ms by default)
 
 
 def test_empty_report_does_not_pass() -> None:
@@ -184,15 +208,39 @@ def test_thresholds_are_validated() -> None:
     min_acc=st.floats(0, 1),
     tol=st.floats(0, 1),
     max_ms=st.floats(0.01, 500),
+    base_p95=st.none() | st.floats(0.01, 500),
+    max_ratio=st.floats(0.1, 10),
 )
 def test_report_passes_iff_every_condition_holds(
-    acc: float, base: float | None, p95: float, min_acc: float, tol: float, max_ms: float
+    acc: float,
+    base: float | None,
+    p95: float,
+    min_acc: float,
+    tol: float,
+    max_ms: float,
+    base_p95: float | None,
+    max_ratio: float,
 ) -> None:
     report = evaluate_gates(
-        measured(accuracy=acc, baseline_accuracy=base, latencies_ms=[p95]),
-        GateThresholds(min_accuracy=min_acc, max_p95_latency_ms=max_ms, max_regression=tol),
+        measured(
+            accuracy=acc,
+            baseline_accuracy=base,
+            latencies_ms=[p95],
+            baseline_latencies_ms=None if base_p95 is None else [base_p95],
+        ),
+        GateThresholds(
+            min_accuracy=min_acc,
+            max_p95_latency_ms=max_ms,
+            max_regression=tol,
+            max_p95_latency_ratio=max_ratio,
+        ),
     )
-    expected = acc >= min_acc - 1e-9 and p95 <= max_ms and (base is None or acc - base >= -tol - 1e-9)
+    expected = (
+        acc >= min_acc - 1e-9
+        and p95 <= max_ms
+        and (base is None or acc - base >= -tol - 1e-9)
+        and (base_p95 is None or p95 / base_p95 <= max_ratio + 1e-9)
+    )
     assert report.passed == expected
 
 

