@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from events import Event, EventDecodeError, decode
@@ -20,6 +21,13 @@ from services.shared.embedded.stack import Endpoints
 from services.shared.kafka.profile import profile_named
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def also_on_tansu(test: Callable[..., object]) -> Callable[..., object]:
+    """Run `test` twice: on the default `stack` and on one whose Kafka is the Tansu broker (`embedded`
+    client profile; see tests/conftest.py). The Tansu run is marked `tansu` (`-m tansu` selects it)."""
+    brokers = ["default", pytest.param("tansu", marks=pytest.mark.tansu)]
+    return pytest.mark.parametrize("stack", brokers, indirect=True)(test)
 
 
 def unique(prefix: str) -> str:

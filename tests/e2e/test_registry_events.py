@@ -18,7 +18,7 @@ from events import AliasChanged
 from services.registry_watcher.webhook_registration import WEBHOOK_NAME, register_webhook
 from services.shared.embedded.process import ManagedProcess
 from services.shared.embedded.stack import Endpoints
-from tests.support import TopicReader, start_service, unique
+from tests.support import TopicReader, also_on_tansu, start_service, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::FutureWarning")]
 SECRET = "e2e-webhook-secret"
@@ -94,6 +94,7 @@ EXPECTED = [
 ]
 
 
+@also_on_tansu
 def test_webhook_path_one_event_per_change_in_order(
     mlflow_client: MlflowClient,
     make_model,

@@ -31,7 +31,7 @@ from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.redis_store import RedisKeys, async_redis, sync_redis
 from services.shared.resolution import ReloadNotice, ResolutionEntry, parse_entries
-from tests.support import start_service, unique
+from tests.support import also_on_tansu, start_service, unique
 
 pytestmark = pytest.mark.integration
 
@@ -288,6 +288,7 @@ def test_set_older_than_a_tombstone_is_ignored(
     assert resolution(redis_client, keys, model)["champion"] == entry_of(delete)
 
 
+@also_on_tansu
 def test_kill_9_mid_stream_then_restart_loses_no_event(
     publisher: KafkaPublisher,
     redis_client: redis.Redis,

@@ -67,7 +67,7 @@ from services.shared.embedded.stack import Endpoints
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.redis_store import RedisKeys, async_redis, sync_redis
-from tests.support import TopicReader, start_service, unique
+from tests.support import TopicReader, also_on_tansu, start_service, unique
 
 pytestmark = pytest.mark.integration
 
@@ -722,6 +722,7 @@ def check_dataset(
 # --- kill -9 mid-burst -----------------------------------------------------------------------------
 
 
+@also_on_tansu
 def test_kill_9_mid_burst_then_restart_counts_exactly(
     publisher: KafkaPublisher,
     redis_client: redis.Redis,
