@@ -1,17 +1,25 @@
-"""Shared helpers of the benchmarks: percentiles and a topic follower."""
+"""Shared helpers of the benchmarks: percentiles, a topic follower, and runs on several brokers."""
 
 from __future__ import annotations
 
+import os
+import platform
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from events import Event, EventDecodeError, decode
+from services.cli.stack_runner import StackRunner
 from services.shared.embedded.stack import Endpoints
 from services.shared.kafka.profile import profile_named
+
+BROKER_CHOICES = ("both", "apache", "tansu")
 
 
 def summarize(samples_ms: list[float]) -> dict[str, float | int]:
@@ -80,3 +88,51 @@ class TopicFollower:
         self._stop.set()
         self._thread.join(timeout=2)
         self._consumer.close()
+
+
+def brokers_to_run(choice: str) -> list[str]:
+    """`both` -> Apache Kafka and Tansu, one after the other in the same run; a configured
+    KAFKA_BOOTSTRAP_SERVERS means that broker only."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return ["configured"]
+    if choice not in BROKER_CHOICES:
+        raise ValueError(f"broker must be one of {', '.join(BROKER_CHOICES)}")
+    return ["apache", "tansu"] if choice == "both" else [choice]
+
+
+def runner_on(broker: str, workdir: Path, base_env: dict[str, str]) -> StackRunner:
+    """A stack runner whose embedded Kafka is `broker` (its own workdir per broker)."""
+    env = dict(base_env)
+    if broker != "configured":
+        env["FLYWHEEL_EMBEDDED_KAFKA"] = broker
+    return StackRunner(workdir / broker, env)
+
+
+def describe(endpoints: Endpoints) -> dict[str, Any]:
+    return {
+        "broker": endpoints.kafka_broker,
+        "kafka_profile": endpoints.kafka_profile,
+        "why": endpoints.kafka_reason,
+        "infrastructure_started": endpoints.started,
+    }
+
+
+def run_on_brokers(
+    name: str, brokers: list[str], workdir: Path, measure: Callable[[StackRunner], dict[str, Any]]
+) -> dict[str, Any]:
+    """`measure` once per broker, side by side in one document (with the date and the machine)."""
+    results: dict[str, Any] = {}
+    # The environment as it was before any run: `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI
+    # into os.environ, which would point the next broker's stack at the previous (stopped) MLflow.
+    base_env = dict(os.environ)
+    for broker in brokers:
+        with runner_on(broker, workdir, base_env) as runner:
+            endpoints = runner.start_infrastructure()
+            result = measure(runner)
+            results[endpoints.kafka_broker] = {**describe(endpoints), **result}
+    return {
+        "benchmark": name,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}",
+        "by_broker": results,
+    }

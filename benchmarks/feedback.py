@@ -1,7 +1,7 @@
 """`flywheel bench feedback`: feedback events aggregated end to end vs the broker's bare ceiling.
 
-Per broker profile (`embedded`: the Tansu workarounds; `standard`: production client settings), on the same
-broker, with the same N FeedbackRecorded messages:
+Per broker (Apache Kafka with the `standard` production client settings; Tansu with its `embedded`
+workarounds), on that broker, with the same N FeedbackRecorded messages:
 - ceiling: a bare aiokafka producer writes them to a fresh topic and a bare aiokafka consumer reads them
   back (produce start -> last message consumed);
 - flywheel: the same messages produced (aiokafka, same profile) to `flywheel.feedback.recorded` while the
@@ -23,6 +23,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from benchmarks.common import run_on_brokers
 from events import FEEDBACK_RECORDED, FeedbackRating, FeedbackRecorded, encode, event_key
 from services.cli.stack_runner import StackRunner
 from services.feedback_aggregation.store import read_summary_sync
@@ -149,25 +150,24 @@ def _flywheel(runner: StackRunner, endpoints: Endpoints, profile: str, n: int) -
     }
 
 
-def run(events: int, workdir: Path) -> dict[str, Any]:
+def run(events: int, workdir: Path, brokers: list[str]) -> dict[str, Any]:
     from benchmarks.dataset_writer import run as dataset_bench
 
-    results: dict[str, Any] = {}
-    with StackRunner(workdir) as runner:
-        endpoints = runner.start_infrastructure()
-        for profile in ("embedded", "standard"):
-            ceiling = asyncio.run(_ceiling(endpoints, profile, _messages("ceiling", events)))
-            flywheel = _flywheel(runner, endpoints, profile, events)
-            results[profile] = {
-                "bare_aiokafka_produce_consume_events_per_s": round(ceiling, 1),
-                "flywheel_aggregation": flywheel,
-                "ratio": round(flywheel["events_per_s"] / ceiling, 3),
-                "meets_target_0_5": flywheel["events_per_s"] / ceiling >= 0.5,
-            }
+    def measure(runner: StackRunner) -> dict[str, Any]:
+        endpoints = runner.endpoints
+        assert endpoints is not None
+        profile = endpoints.kafka_profile
+        ceiling = asyncio.run(_ceiling(endpoints, profile, _messages("ceiling", events)))
+        flywheel = _flywheel(runner, endpoints, profile, events)
+        return {
+            "bare_aiokafka_produce_consume_events_per_s": round(ceiling, 1),
+            "flywheel_aggregation": flywheel,
+            "ratio": round(flywheel["events_per_s"] / ceiling, 3),
+            "meets_target_0_5": flywheel["events_per_s"] / ceiling >= 0.5,
+        }
+
     return {
-        "benchmark": "feedback",
         "events": events,
-        "broker": "embedded Tansu" if "kafka" in endpoints.started else endpoints.kafka_bootstrap_servers,
-        "profiles": results,
+        **run_on_brokers("feedback", brokers, workdir, measure),
         "dataset_writer": dataset_bench(100_000, 3),
     }

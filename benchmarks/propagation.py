@@ -21,7 +21,7 @@ import httpx
 from mlflow import MlflowClient
 from mlflow.entities.webhook import WebhookStatus
 
-from benchmarks.common import summarize
+from benchmarks.common import run_on_brokers, summarize
 from services.cli.stack_runner import RunningService, StackRunner
 from services.registry_watcher.webhook_registration import register_webhook
 from services.shared.sample_models import register_wine_version
@@ -95,41 +95,50 @@ def _moves(
 
 
 def run(
-    moves: int, poller_moves: int, poll_interval_s: float, replicas: int, workdir: Path
+    moves: int, poller_moves: int, poll_interval_s: float, replicas: int, workdir: Path, brokers: list[str]
 ) -> dict[str, Any]:
-    env = {"FLYWHEEL_POLL_INTERVAL_S": "10", "FLYWHEEL_TRACING_ENABLED": "false"}
-    with StackRunner(workdir) as runner:
-        endpoints = runner.start_infrastructure()
-        model = f"bench_propagation_{int(time.time())}"
-        for kind in ("weak", "strong"):
-            register_wine_version(endpoints.mlflow_tracking_uri, model, kind, experiment="bench")
-        env["FLYWHEEL_MODELS"] = model
-        gateways = runner.start_hot_reload(replicas, env)
-        client = MlflowClient(tracking_uri=endpoints.mlflow_tracking_uri)
-        _moves(client, gateways, model, 4, 60)  # warm-up: both versions loaded, consumer group joined
-        webhook, webhook_per_replica = _moves(client, gateways, model, moves, 30)
+    def measure(runner: StackRunner) -> dict[str, Any]:
+        return _measure(runner, moves, poller_moves, poll_interval_s, replicas)
 
-        # Poller-only: disable the webhook and restart the watcher with a short poll interval.
-        watcher = runner.services.pop("registry-watcher")
-        reg = register_webhook(client, f"{watcher.url}/webhooks/mlflow", runner.webhook_secret)
-        client.update_webhook(reg.webhook_id, status=WebhookStatus.DISABLED)
-        watcher.process.stop()
-        runner.start_watcher({**env, "FLYWHEEL_POLL_INTERVAL_S": str(poll_interval_s)}, register=False)
-        time.sleep(1.5)
-        poller, _ = _moves(
-            client,
-            gateways,
-            model,
-            poller_moves,
-            poll_interval_s * 5 + 15,
-            jitter_s=poll_interval_s,
-            first=moves,
-        )
     return {
-        "benchmark": "propagation",
         "what": "alias write in MLflow -> every gateway replica serves the new version (slowest replica)",
         "replicas": replicas,
-        "kafka_profile": endpoints.kafka_profile,
+        **run_on_brokers("propagation", brokers, workdir, measure),
+    }
+
+
+def _measure(
+    runner: StackRunner, moves: int, poller_moves: int, poll_interval_s: float, replicas: int
+) -> dict[str, Any]:
+    env = {"FLYWHEEL_POLL_INTERVAL_S": "10", "FLYWHEEL_TRACING_ENABLED": "false"}
+    endpoints = runner.endpoints
+    assert endpoints is not None
+    model = f"bench_propagation_{int(time.time())}"
+    for kind in ("weak", "strong"):
+        register_wine_version(endpoints.mlflow_tracking_uri, model, kind, experiment="bench")
+    env["FLYWHEEL_MODELS"] = model
+    gateways = runner.start_hot_reload(replicas, env)
+    client = MlflowClient(tracking_uri=endpoints.mlflow_tracking_uri)
+    _moves(client, gateways, model, 4, 60)  # warm-up: both versions loaded, consumer group joined
+    webhook, webhook_per_replica = _moves(client, gateways, model, moves, 30)
+
+    # Poller-only: disable the webhook and restart the watcher with a short poll interval.
+    watcher = runner.services.pop("registry-watcher")
+    reg = register_webhook(client, f"{watcher.url}/webhooks/mlflow", runner.webhook_secret)
+    client.update_webhook(reg.webhook_id, status=WebhookStatus.DISABLED)
+    watcher.process.stop()
+    runner.start_watcher({**env, "FLYWHEEL_POLL_INTERVAL_S": str(poll_interval_s)}, register=False)
+    time.sleep(1.5)
+    poller, _ = _moves(
+        client,
+        gateways,
+        model,
+        poller_moves,
+        poll_interval_s * 5 + 15,
+        jitter_s=poll_interval_s,
+        first=moves,
+    )
+    return {
         "webhook_path": summarize(webhook),
         "webhook_path_per_replica": [summarize(r) for r in webhook_per_replica],
         "poller_path": {**summarize(poller), "poll_interval_s": poll_interval_s},

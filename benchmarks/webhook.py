@@ -17,7 +17,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities.webhook import WebhookStatus
 
-from benchmarks.common import TopicFollower, summarize
+from benchmarks.common import TopicFollower, run_on_brokers, summarize
 from events import ALIAS_CHANGED, AliasChanged, Event
 from services.cli.stack_runner import StackRunner
 from services.registry_watcher.webhook_registration import register_webhook
@@ -56,38 +56,48 @@ def _moves(
     return latencies, write_ms, sources
 
 
-def run(changes: int, poller_changes: int, poll_interval_s: float, workdir: Path) -> dict[str, Any]:
-    env_extra = {"FLYWHEEL_POLL_INTERVAL_S": "10"}
-    with StackRunner(workdir) as runner:
-        endpoints = runner.start_infrastructure()
-        watcher = runner.start_watcher(env_extra)
-        client = MlflowClient(tracking_uri=endpoints.mlflow_tracking_uri)
-        model = f"bench_webhook_{uuid.uuid4().hex[:8]}"
-        client.create_registered_model(model)
-        for _ in range(2):
-            client.create_model_version(model, source="s3://flywheel-bench/model", run_id=None)
-        follower = TopicFollower(endpoints, ALIAS_CHANGED)
-        try:
-            _moves(client, follower, model, 2, 30)  # warm-up: connections, first poll
-            webhook, write_ms, webhook_sources = _moves(client, follower, model, changes, 30)
+def run(
+    changes: int, poller_changes: int, poll_interval_s: float, workdir: Path, brokers: list[str]
+) -> dict[str, Any]:
+    def measure(runner: StackRunner) -> dict[str, Any]:
+        return _measure(runner, changes, poller_changes, poll_interval_s)
 
-            # Poller path: webhook disabled, a second watcher polling at `poll_interval_s`.
-            reg = register_webhook(client, f"{watcher.url}/webhooks/mlflow", runner.webhook_secret)
-            client.update_webhook(reg.webhook_id, status=WebhookStatus.DISABLED)
-            watcher.process.stop()
-            runner.services.pop("registry-watcher")
-            runner.start_watcher({"FLYWHEEL_POLL_INTERVAL_S": str(poll_interval_s)}, register=False)
-            time.sleep(1.5)
-            poller, _, poller_sources = _moves(
-                client, follower, model, poller_changes, poll_interval_s * 5 + 10, jitter_s=poll_interval_s
-            )
-        finally:
-            follower.close()
     return {
-        "benchmark": "webhook",
         "what": "alias write in MLflow -> AliasChanged consumed from Kafka",
-        "kafka_profile": endpoints.kafka_profile,
-        "infrastructure_started": endpoints.started,
+        **run_on_brokers("webhook", brokers, workdir, measure),
+    }
+
+
+def _measure(
+    runner: StackRunner, changes: int, poller_changes: int, poll_interval_s: float
+) -> dict[str, Any]:
+    env_extra = {"FLYWHEEL_POLL_INTERVAL_S": "10"}
+    endpoints = runner.endpoints
+    assert endpoints is not None
+    watcher = runner.start_watcher(env_extra)
+    client = MlflowClient(tracking_uri=endpoints.mlflow_tracking_uri)
+    model = f"bench_webhook_{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(model)
+    for _ in range(2):
+        client.create_model_version(model, source="s3://flywheel-bench/model", run_id=None)
+    follower = TopicFollower(endpoints, ALIAS_CHANGED)
+    try:
+        _moves(client, follower, model, 2, 30)  # warm-up: connections, first poll
+        webhook, write_ms, webhook_sources = _moves(client, follower, model, changes, 30)
+
+        # Poller path: webhook disabled, a second watcher polling at `poll_interval_s`.
+        reg = register_webhook(client, f"{watcher.url}/webhooks/mlflow", runner.webhook_secret)
+        client.update_webhook(reg.webhook_id, status=WebhookStatus.DISABLED)
+        watcher.process.stop()
+        runner.services.pop("registry-watcher")
+        runner.start_watcher({"FLYWHEEL_POLL_INTERVAL_S": str(poll_interval_s)}, register=False)
+        time.sleep(1.5)
+        poller, _, poller_sources = _moves(
+            client, follower, model, poller_changes, poll_interval_s * 5 + 10, jitter_s=poll_interval_s
+        )
+    finally:
+        follower.close()
+    return {
         "webhook_path": {**summarize(webhook), "sources": webhook_sources},
         "mlflow_alias_write": summarize(write_ms),
         "poller_path": {**summarize(poller), "poll_interval_s": poll_interval_s, "sources": poller_sources},

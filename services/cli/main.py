@@ -236,17 +236,32 @@ def _print_json(doc: object) -> None:
     typer.echo(json.dumps(doc, indent=2))
 
 
+BROKER_OPTION = typer.Option(
+    "both", help="Embedded broker(s) to measure, one after the other: both, apache or tansu"
+)
+
+
+def _brokers(choice: str) -> list[str]:
+    from benchmarks.common import brokers_to_run
+
+    try:
+        return brokers_to_run(choice)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
+
+
 @bench_app.command("webhook")
 def bench_webhook(
     changes: int = typer.Option(200, min=100, help="Alias moves measured on the webhook path"),
     poller_changes: int = typer.Option(30, min=5, help="Alias moves measured on the poller-only path"),
     poll_interval: float = typer.Option(1.0, help="Poll interval of the poller-only run (s)"),
     workdir: Path = typer.Option(Path(".flywheel/bench-webhook")),
+    broker: str = BROKER_OPTION,
 ) -> None:
     """Alias write in MLflow -> event on Kafka: p50/p95/p99, webhook path and poller path."""
     from benchmarks.webhook import run as run_bench
 
-    _print_json(run_bench(changes, poller_changes, poll_interval, workdir.resolve()))
+    _print_json(run_bench(changes, poller_changes, poll_interval, workdir.resolve(), _brokers(broker)))
 
 
 @bench_app.command("propagation")
@@ -256,22 +271,24 @@ def bench_propagation(
     poll_interval: float = typer.Option(1.0, help="Poll interval of the poller-only run (s)"),
     replicas: int = typer.Option(2, min=1, help="Gateway replicas"),
     workdir: Path = typer.Option(Path(".flywheel/bench-propagation")),
+    broker: str = BROKER_OPTION,
 ) -> None:
     """Alias write -> every gateway replica serving the new version: p50/p95/p99, both paths."""
     from benchmarks.propagation import run as run_bench
 
-    _print_json(run_bench(moves, poller_moves, poll_interval, replicas, workdir.resolve()))
+    _print_json(run_bench(moves, poller_moves, poll_interval, replicas, workdir.resolve(), _brokers(broker)))
 
 
 @bench_app.command("feedback")
 def bench_feedback(
     events: int = typer.Option(5000, min=100, help="Feedback events per run"),
     workdir: Path = typer.Option(Path(".flywheel/bench-feedback")),
+    broker: str = BROKER_OPTION,
 ) -> None:
-    """Feedback produce -> aggregated count vs bare aiokafka produce -> consume, both broker profiles."""
+    """Feedback produce -> aggregated count vs bare aiokafka produce -> consume, on each broker."""
     from benchmarks.feedback import run as run_bench
 
-    _print_json(run_bench(events, workdir.resolve()))
+    _print_json(run_bench(events, workdir.resolve(), _brokers(broker)))
 
 
 @bench_app.command("dataset-writer")

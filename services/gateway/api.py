@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -38,7 +38,9 @@ from services.gateway.serving_table import ServingTable
 from services.gateway.settings import GatewaySettings
 from services.gateway.tracing import PredictionTracer
 from services.gateway.traffic_router import TrafficRouter, routing_key
+from services.shared import http_json
 from services.shared.http_ops import ReadinessCheck, add_ops_routes
+from services.shared.identifiers import AliasQuery, ModelName, VersionQuery
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys, async_redis
@@ -128,6 +130,15 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
     )
 
 
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown model, alias or version, or a model this gateway does not serve."},
+    413: {"description": "Body larger than the limit."},
+    422: {"description": "Invalid body or inputs; `field` names the culprit (e.g. `inputs[3].alcohol`)."},
+    502: {"description": "The model raised while predicting."},
+    503: {"description": "The model cannot be loaded or resolved right now (retry later)."},
+}
+
+
 def _json_size(value: Any) -> int:
     try:
         return len(json.dumps(value, default=str))
@@ -166,6 +177,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
             await gw.redis.aclose()
 
     app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
+    http_json.install(app)
 
     def gateway() -> Gateway:
         gw: Gateway = app.state.gateway
@@ -227,12 +239,14 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
                 raise HTTPException(404, detail=f"model {name!r} has no version {version!r}") from exc
             raise HTTPException(503, detail=f"cannot load {name} version {version}: {exc}") from exc
 
-    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["serving"])
+    @app.post(
+        "/v1/models/{name}/predict",
+        response_model=PredictResponse,
+        tags=["serving"],
+        responses=PREDICT_RESPONSES,
+    )
     async def predict(
-        name: str,
-        body: PredictRequest,
-        alias: str | None = Query(default=None, description="Alias to serve from (default: champion)."),
-        version: str | None = Query(default=None, description="Pin an exact version instead of an alias."),
+        name: ModelName, body: PredictRequest, alias: AliasQuery = None, version: VersionQuery = None
     ) -> PredictResponse:
         gw = gateway()
         started = time.perf_counter()
@@ -334,8 +348,8 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
             trace_id=trace_id,
         )
 
-    @app.get("/v1/models/{name}", tags=["serving"])
-    async def model_status(name: str) -> dict[str, Any]:
+    @app.get("/v1/models/{name}", tags=["serving"], responses={404: {"description": "Not served here."}})
+    async def model_status(name: ModelName) -> dict[str, Any]:
         gw = gateway()
         served = gw.table.aliases(name)
         resolution: dict[str, str | None] = {}

@@ -16,6 +16,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import AssessmentSource
 
+from services.shared.identifiers import filter_literal
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,7 @@ class FeedbackService:
         mlflow.set_tracking_uri(self.tracking_uri)
         traces = mlflow.search_traces(
             locations=[e.experiment_id for e in mlflow.search_experiments()],
-            filter_string=f"metadata.`flywheel.request_id` = '{request_id}'",
+            filter_string=f"metadata.`flywheel.request_id` = {filter_literal(request_id)}",
             max_results=1,
             return_type="list",
         )

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from events import FeedbackRating, FeedbackRecorded
 from services.gateway import metrics
 from services.gateway.request_log import ServedRequest
+from services.shared.identifiers import REQUEST_ID_PATTERN, TRACE_ID_PATTERN
 from services.shared.kafka.publisher import PublishError
 
 if TYPE_CHECKING:
@@ -39,8 +40,12 @@ MAX_CORRECTION_BYTES = 16_384
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str | None = Field(default=None, min_length=1, max_length=128)
-    trace_id: str | None = Field(default=None, min_length=1, max_length=128)
+    request_id: str | None = Field(
+        default=None, pattern=REQUEST_ID_PATTERN, description="`request_id` of the predict response."
+    )
+    trace_id: str | None = Field(
+        default=None, pattern=TRACE_ID_PATTERN, description="`trace_id` of the predict response."
+    )
     rating: FeedbackRating
     corrected_output: JsonValue = None
     comment: str | None = Field(default=None, max_length=MAX_COMMENT)
@@ -87,7 +92,17 @@ def add_feedback_routes(app: FastAPI, gateway: Callable[[], Gateway]) -> None:
             trace_id=meta.get("trace_id"),
         )
 
-    @app.post("/v1/feedback", status_code=202, tags=["feedback"])
+    @app.post(
+        "/v1/feedback",
+        status_code=202,
+        tags=["feedback"],
+        responses={
+            404: {"description": "No served prediction with this request_id / trace_id."},
+            413: {"description": "Body larger than the limit."},
+            422: {"description": "Invalid body; `field` names the culprit."},
+            503: {"description": "MLflow, Redis or Kafka cannot take it now; nothing was counted, retry."},
+        },
+    )
     async def feedback(body: FeedbackRequest) -> dict[str, Any]:
         gw = gateway()
         request = await served(gw, body)

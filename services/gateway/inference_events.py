@@ -4,7 +4,9 @@ A request only enqueues (microseconds); the sender batches what accumulated and 
 shared idempotent producer, waiting for Kafka's acknowledgement off the request path. A slow or
 absent broker therefore never slows predictions: the queue fills, and once full new events are dropped
 and counted (`flywheel_gateway_inference_events_total{outcome="dropped"}`), never blocking. A batch that
-Kafka refused is retried until it is acknowledged or the process stops.
+Kafka refused is retried until it is acknowledged or the process stops. An event that cannot be
+encoded at all (a poison record) is logged and counted (`outcome="poison"`) and the sender goes on with
+the next one: one bad request must never silence a replica's event stream.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class InferenceEmitter:
         self._thread: threading.Thread | None = None
         self.sent = 0
         self.dropped = 0
+        self.poison = 0
 
     def emit(self, event: InferenceRecorded) -> None:
         """Never blocks: enqueue, or drop and count when the queue is full."""
@@ -81,8 +84,9 @@ class InferenceEmitter:
                 metrics.EVENT_QUEUE.set(self._queue.qsize())
                 if not batch:
                     continue
+            records = self._encode(batch)
             try:
-                self._publisher.publish_sync([Record.of(e) for e in batch])
+                self._publisher.publish_sync(records)
             except PublishError as exc:
                 if self._stopping.is_set():
                     log.warning("dropping %d inference events at shutdown: %s", len(batch), exc)
@@ -93,10 +97,32 @@ class InferenceEmitter:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            self.sent += len(batch)
-            metrics.EVENTS.labels("sent").inc(len(batch))
+            except Exception:  # anything else must not end the thread: count, log, go on
+                log.exception("inference events batch of %d failed; dropped", len(records))
+                metrics.EVENTS.labels("dropped").inc(len(records))
+                batch = []
+                continue
+            self.sent += len(records)
+            metrics.EVENTS.labels("sent").inc(len(records))
             batch = []
             delay = 0.2
+
+    def _encode(self, batch: list[InferenceRecorded]) -> list[Record]:
+        """Records of the batch; an event that cannot be encoded is counted as poison and left out."""
+        records = []
+        for event in batch:
+            try:
+                records.append(Record.of(event))
+            except Exception as exc:
+                self.poison += 1
+                metrics.EVENTS.labels("poison").inc()
+                log.error(
+                    "inference event %s of %s cannot be encoded, skipped: %r",
+                    event.event_id,
+                    event.model,
+                    exc,
+                )
+        return records
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (bounded by `timeout_s`), then stop."""

@@ -32,3 +32,8 @@ TRACE_ERRORS = Counter("flywheel_gateway_trace_errors_total", "Predictions whose
 FEEDBACK_ON_TRACE = Counter(
     "flywheel_gateway_feedback_on_trace_total", "Feedback attached to its MLflow trace", ["outcome"]
 )
+REQUEST_LOG = Counter(
+    "flywheel_gateway_request_log_total",
+    "Request log entries (written, unavailable = Redis down, poison = could not be serialised)",
+    ["outcome"],
+)

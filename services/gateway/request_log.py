@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, JsonValue
 from redis.exceptions import RedisError
 
+from services.gateway import metrics
 from services.shared.redis_store import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -60,17 +61,25 @@ class RequestLog:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        encoded = []
+        for served in batch:  # one entry that cannot be serialised must not cost the others
+            try:
+                encoded.append((served, served.model_dump_json().encode("utf-8")))
+            except Exception as exc:
+                metrics.REQUEST_LOG.labels("poison").inc()
+                log.error("request %s cannot be logged, skipped: %r", served.request_id, exc)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for served in batch:
-                    pipe.set(
-                        self._keys.request_log(served.request_id), served.model_dump_json(), ex=self._ttl_s
-                    )
+                for served, raw in encoded:
+                    pipe.set(self._keys.request_log(served.request_id), raw, ex=self._ttl_s)
                     if served.trace_id:
                         pipe.set(self._keys.trace_request(served.trace_id), served.request_id, ex=self._ttl_s)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.debug("%d requests not logged: %s", len(batch), exc)
+            metrics.REQUEST_LOG.labels("unavailable").inc(len(encoded))
+            log.debug("%d requests not logged: %s", len(encoded), exc)
+            return
+        metrics.REQUEST_LOG.labels("written").inc(len(encoded))
 
     async def by_request(self, request_id: str) -> ServedRequest | None:
         await self.flush()

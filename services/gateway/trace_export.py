@@ -242,7 +242,11 @@ class TraceExportProcess:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._send(batch)
+            try:
+                self._send(batch)
+            except Exception:  # the writer thread must outlive any one batch
+                log.exception("trace export batch of %d failed", len(batch))
+                self._count_unsent(len(batch))
         child = self._child
         if child is not None and child.proc.stdin is not None:
             with contextlib.suppress(OSError):
@@ -253,8 +257,8 @@ class TraceExportProcess:
         for trace in batch:
             try:
                 lines.append(trace.to_json().encode() + b"\n")
-            except Exception as exc:  # a trace MLflow itself cannot serialise
-                log.debug("trace not serialisable: %s", exc)
+            except Exception as exc:  # a trace MLflow itself cannot serialise (a poison record)
+                log.warning("trace %s cannot be serialised, skipped: %r", trace.info.trace_id, exc)
         unsent = len(batch) - len(lines)
         child = self._live_child() if lines else None
         if child is None:
@@ -269,12 +273,15 @@ class TraceExportProcess:
             except (OSError, ValueError) as exc:
                 log.warning("trace export process is gone: %s", exc)  # the reader counts the loss
         if unsent:
-            TRACE_EXPORTS.labels("failed").inc(unsent)
-            metrics.TRACE_ERRORS.inc(unsent)
-            TRACE_BACKLOG.dec(unsent)
-            with self._progress:
-                self._finished += unsent
-                self._progress.notify_all()
+            self._count_unsent(unsent)
+
+    def _count_unsent(self, unsent: int) -> None:
+        TRACE_EXPORTS.labels("failed").inc(unsent)
+        metrics.TRACE_ERRORS.inc(unsent)
+        TRACE_BACKLOG.dec(unsent)
+        with self._progress:
+            self._finished += unsent
+            self._progress.notify_all()
 
     def _read_loop(self, child: _Child) -> None:
         assert child.proc.stdout is not None

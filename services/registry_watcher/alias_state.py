@@ -109,6 +109,13 @@ class AliasStateStore:
         keys = [self._keys.outbox(model), self._keys.outbox_pending()]
         return int(await self._ack(keys=keys, args=[count, model]))
 
+    async def dead_letter(self, model: str, entries: Sequence[str]) -> None:
+        """Move the `len(entries)` oldest outbox entries (unreadable) to the model's dead-letter list."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self._keys.outbox_dead_letters(model), *entries)
+            pipe.ltrim(self._keys.outbox(model), len(entries), -1)
+            await pipe.execute()
+
     def lock(self, model: str, timeout_s: float) -> aioredis.lock.Lock:
         return self._redis.lock(
             self._keys.outbox_lock(model), timeout=timeout_s * 2, blocking_timeout=timeout_s

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -29,6 +30,7 @@ from services.registry_watcher.outbox import OutboxRelay
 from services.registry_watcher.poller import RegistryPoller
 from services.registry_watcher.recorder import AliasChangeRecorder, ConcurrentChange
 from services.registry_watcher.settings import WatcherSettings
+from services.shared import http_json
 from services.shared.http_ops import ReadinessCheck, add_ops_routes
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, PublishError
@@ -82,15 +84,26 @@ def build_watcher(settings: WatcherSettings) -> Watcher:
     return Watcher(settings, redis, keys, state, publisher, relay, recorder, poller)
 
 
+WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Published after Kafka's ack, unchanged, ignored, or a duplicate delivery."},
+    400: {"description": "The body is not JSON."},
+    401: {"description": "Missing, bad or stale signature, or missing delivery headers."},
+    413: {"description": "Body larger than FLYWHEEL_WEBHOOK_MAX_BODY_BYTES."},
+    422: {"description": "Not a usable payload (policy or contract); `field` names the culprit."},
+    503: {"description": "Kafka or Redis unavailable: MLflow retries, the event waits in the outbox."},
+}
+
+
 def _error(status: int, error: str, detail: str, **extra: object) -> JSONResponse:
     headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status, headers=headers)
+    content = {"error": error, "detail": detail, **extra}
+    return http_json.SafeJSONResponse(content, status_code=status, headers=headers)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
     """The body, or None when it exceeds `limit` bytes (checked before and while reading)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         return None
     chunks: list[bytes] = []
     size = 0
@@ -130,8 +143,9 @@ def create_app(settings: WatcherSettings | None = None, *, background: bool = Tr
             await watcher.redis.aclose()
 
     app = FastAPI(title="Flywheel registry watcher", version="1", lifespan=lifespan)
+    http_json.install(app)
 
-    @app.post("/webhooks/mlflow")
+    @app.post("/webhooks/mlflow", responses=WEBHOOK_RESPONSES)
     async def mlflow_webhook(request: Request) -> JSONResponse:
         watcher: Watcher = request.app.state.watcher
         cfg = watcher.settings
@@ -159,7 +173,11 @@ def create_app(settings: WatcherSettings | None = None, *, background: bool = Tr
         metrics.VERIFIED.inc()
 
         try:
-            document = json.loads(body)
+            document = http_json.parse_body(body)
+        except http_json.JsonPolicyError as exc:
+            metrics.REJECTED.labels(reason="invalid_payload").inc()
+            field = http_json.field_name(["body", *exc.loc]) if exc.loc else "body"
+            return _error(422, "invalid_payload", exc.message, field=field)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             metrics.REJECTED.labels(reason="malformed_json").inc()
             return _error(400, "malformed_json", f"body is not JSON: {exc}")

@@ -32,3 +32,6 @@ POLL_LAG = Gauge(
     "flywheel_watcher_poll_lag_seconds",
     "Seconds since the last successful poll (how stale the safety net's view may be)",
 )
+POISON = Counter(
+    "flywheel_watcher_outbox_poison_total", "Unreadable outbox entries moved to the dead-letter list"
+)

@@ -2,7 +2,9 @@
 
 Events leave the outbox only after Kafka acknowledged them (acks=all), so a crash or an unreachable
 broker delays events but never loses them; a crash between the acknowledgement and the trim can publish
-an event twice, which consumers absorb by `event_id`/state (at-least-once).
+an event twice, which consumers absorb by `event_id`/state (at-least-once). An outbox entry that is not
+a readable AliasChanged (a poison record: nothing Flywheel writes, but Redis is shared ground) is moved
+to the model's dead-letter list, logged and counted, and the events behind it go on.
 """
 
 from __future__ import annotations
@@ -34,15 +36,22 @@ class OutboxRelay:
                 raw = await self._state.outbox(model)
                 if not raw:
                     return published
-                records = [Record(ALIAS_CHANGED, model.encode("utf-8"), item.encode("utf-8")) for item in raw]
+                readable, poison = _split_poison(raw)
+                if poison and not readable:  # the head of the outbox is poison: set it aside, go on
+                    await self._state.dead_letter(model, poison)
+                    metrics.POISON.inc(len(poison))
+                    log.error("outbox of %s: %d unreadable entries moved to dead letters", model, len(poison))
+                    continue
+                records = [
+                    Record(ALIAS_CHANGED, model.encode("utf-8"), item.encode("utf-8")) for item, _ in readable
+                ]
                 try:
                     await self._publisher.publish(records)
                 except PublishError:
                     metrics.PUBLISH_FAILURES.inc()
                     raise
-                await self._state.ack(model, len(raw))
-                for item in raw:
-                    event = decode(item, AliasChanged)
+                await self._state.ack(model, len(readable))
+                for _, event in readable:
                     metrics.PUBLISHED.labels(source=event.source.value).inc()
                     published.append(event)
                     log.info(
@@ -63,6 +72,8 @@ class OutboxRelay:
                 count += len(await self.flush(model))
             except PublishError as exc:
                 log.warning("outbox of %s not drained yet: %s", model, exc)
+            except Exception:  # one model's trouble must not hold up the others
+                log.exception("outbox of %s could not be drained", model)
         return count
 
     async def run(self, interval_s: float = 1.0) -> None:
@@ -75,3 +86,23 @@ class OutboxRelay:
             except Exception:
                 log.exception("outbox relay cycle failed")
             await asyncio.sleep(interval_s)
+
+
+def _split_poison(raw: list[str]) -> tuple[list[tuple[str, AliasChanged]], list[str]]:
+    """(the readable entries at the head of the outbox, or the unreadable ones at its head): the
+    outbox is processed in order, so a run of good entries stops at the first bad one and vice versa."""
+    readable: list[tuple[str, AliasChanged]] = []
+    poison: list[str] = []
+    for item in raw:
+        try:
+            item.encode("utf-8")
+            event = decode(item, AliasChanged)
+        except Exception:
+            if readable:
+                break
+            poison.append(item)
+            continue
+        if poison:
+            break
+        readable.append((item, event))
+    return readable, poison

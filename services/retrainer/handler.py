@@ -67,6 +67,7 @@ from services.retrainer.dspy_trainer import DspyTrainer
 from services.retrainer.settings import RetrainerSettings
 from services.retrainer.sklearn_trainer import SklearnTrainer
 from services.retrainer.training import BaseVersion, Candidate, Trainer, TrainingFailed, resolve_base
+from services.shared.identifiers import filter_literal, is_filter_safe
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.mlflow_registry import RegistryAdapter
@@ -245,6 +246,10 @@ class RetrainHandler:
         if not self.settings.watches(event.model):
             metrics.OUTCOMES.labels(Outcome.SKIPPED).inc()
             return RetrainResult(Outcome.SKIPPED, event.model, event.event_id)
+        if not is_filter_safe(event.event_id):  # its runs could not be searched for: never retried
+            metrics.OUTCOMES.labels(Outcome.UNDECODABLE).inc()
+            log.error("skipping retraining request with an unsafe event id %r", event.event_id[:60])
+            return RetrainResult(Outcome.UNDECODABLE, event.model, message="unsafe event id")
         delay = self.settings.retrainer_retry_initial_s
         attempt = 0
         while True:
@@ -328,10 +333,9 @@ class RetrainHandler:
 
     def runs_of(self, event: RetrainingRequested) -> list[Run]:
         """Runs of this request (same event id and dataset run), newest first."""
-        event_id = event.event_id.replace("'", "")
         found = self.client.search_runs(
             [self.experiment_id()],
-            filter_string=f"tags.`{TAG_EVENT}` = '{event_id}'",
+            filter_string=f"tags.`{TAG_EVENT}` = {filter_literal(event.event_id)}",
             max_results=100,
             order_by=["attributes.start_time DESC"],
         )

@@ -27,7 +27,7 @@ def add_ops_routes(
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "A dependency is unavailable."}})
     async def readyz() -> JSONResponse:
         """Readiness: every dependency check passed."""
         results: dict[str, str] = {}

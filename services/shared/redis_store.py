@@ -51,6 +51,10 @@ class RedisKeys:
         """Set of models whose outbox is not empty."""
         return f"{self.prefix}:watcher:outbox-pending"
 
+    def outbox_dead_letters(self, model: str) -> str:
+        """List of outbox entries that were not readable events (set aside, never published)."""
+        return f"{self.prefix}:watcher:outbox-dead-letters:{model}"
+
     def outbox_lock(self, model: str) -> str:
         return f"{self.prefix}:watcher:outbox-lock:{model}"
 

@@ -94,14 +94,21 @@ def _coerce(value: object, type_name: str, path: str) -> object:
     if type_name in NUMERIC_FLOAT:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(path, f"expected a number ({type_name}), got {type(value).__name__}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)  # an int beyond ~1.8e308 does not convert: OverflowError
+        except OverflowError:
+            raise InputError(path, "number out of range") from None
+        if not math.isfinite(number):
             raise InputError(path, "must be a finite number")
-        return float(value)
+        return number
     if type_name in NUMERIC_INT:
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(path, f"expected an integer ({type_name}), got {type(value).__name__}")
+        bits = 32 if type_name == "integer" else 64
+        if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+            raise InputError(path, f"integer out of range ({type_name}: {bits} bits)")
         return value
     if type_name == "string":
         if not isinstance(value, str):

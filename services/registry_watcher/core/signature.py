@@ -15,6 +15,7 @@ from enum import StrEnum
 
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE_S = 300
+MAX_TIMESTAMP_DIGITS = 12
 
 
 class RejectReason(StrEnum):
@@ -63,12 +64,13 @@ def verify(
         raise SignatureRejected(RejectReason.MISSING_TIMESTAMP, "X-MLflow-Timestamp header is missing")
     if not delivery_id:
         raise SignatureRejected(RejectReason.MISSING_DELIVERY_ID, "X-MLflow-Delivery-Id header is missing")
-    try:
-        ts = int(timestamp)
-    except ValueError:
+    # Bounded before any arithmetic: a 400-digit "timestamp" must not overflow the float comparison.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= MAX_TIMESTAMP_DIGITS):
         raise SignatureRejected(
-            RejectReason.MALFORMED_TIMESTAMP, "X-MLflow-Timestamp must be unix seconds"
-        ) from None
+            RejectReason.MALFORMED_TIMESTAMP,
+            f"X-MLflow-Timestamp must be unix seconds (at most {MAX_TIMESTAMP_DIGITS} digits)",
+        )
+    ts = int(timestamp)
     if abs(now - ts) > tolerance_s:
         raise SignatureRejected(
             RejectReason.STALE_TIMESTAMP,
