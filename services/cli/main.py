@@ -236,6 +236,12 @@ def _print_json(doc: object) -> None:
     typer.echo(json.dumps(doc, indent=2))
 
 
+@bench_app.callback()
+def bench_json_only() -> None:
+    """Benchmarks print one JSON document on stdout: MLflow must not print run URLs there."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
 BROKER_OPTION = typer.Option(
     "both", help="Embedded broker(s) to measure, one after the other: both, apache or tansu"
 )

@@ -484,6 +484,8 @@ class RetrainHandler:
             "request_event_id": event.event_id,
             "gate.min_accuracy": t.min_accuracy,
             "gate.max_p95_latency_ms": t.max_p95_latency_ms,
+            "gate.max_p95_latency_ratio": t.max_p95_latency_ratio,
+            "gate.max_p95_latency_delta_ms": t.max_p95_latency_delta_ms,
             "gate.max_regression": t.max_regression,
         }
         params |= {f"request.{k}": v for k, v in event.metrics.items()}

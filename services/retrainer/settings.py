@@ -30,6 +30,11 @@ class RetrainerSettings(FlywheelSettings):
         gt=0,
         description="Latency ratio gate: candidate p95 / champion p95, timed side by side on the same rows.",
     )
+    retrainer_max_p95_delta_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="The ratio gate fails only when the p95s also differ by more than this many ms.",
+    )
     retrainer_group_id: str = Field(
         default="flywheel-retrainer",
         min_length=1,
@@ -97,4 +102,5 @@ class RetrainerSettings(FlywheelSettings):
             max_p95_latency_ms=self.retrainer_max_p95_ms,
             max_regression=self.retrainer_max_regression,
             max_p95_latency_ratio=self.retrainer_max_p95_ratio,
+            max_p95_latency_delta_ms=self.retrainer_max_p95_delta_ms,
         )

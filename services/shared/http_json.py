@@ -58,14 +58,11 @@ def has_lone_surrogate(text: str) -> bool:
     return False
 
 
-def _refuse_constant(name: str) -> Any:
-    raise JsonPolicyError((), "json_invalid", f"{name} is not a JSON number")
-
-
 def loads(body: bytes | str) -> Any:
-    """`json.loads` without NaN/Infinity; RecursionError becomes a policy error."""
+    """`json.loads`; RecursionError becomes a policy error. `NaN`/`Infinity` (not JSON, accepted by
+    Python) parse to non-finite floats here so that `check` can name the field that holds them."""
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        return json.loads(body, parse_constant=float)
     except RecursionError:
         raise JsonPolicyError((), "too_deep", "JSON nested too deeply") from None
 
@@ -212,8 +209,9 @@ class JsonPolicyRoute(APIRoute):
                         parse_body(body, max_depth=depth)
                     except JsonPolicyError as exc:
                         raise exc.as_validation_error() from None
-                    except ValueError as exc:  # not JSON at all: FastAPI answers 422 json_invalid itself
-                        log.debug("body is not JSON: %s", exc)
+                    except ValueError as exc:  # not JSON (or not UTF-8): 422 like FastAPI's json_invalid
+                        message = f"body is not JSON: {exc}"[:200]
+                        raise JsonPolicyError((), "json_invalid", message).as_validation_error() from None
             return await handler(request)
 
         return checked

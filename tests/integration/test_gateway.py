@@ -262,20 +262,21 @@ def test_feedback_recorded_on_trace_and_published_once(
 
 
 def test_feedback_rejects_unknown_requests_and_bad_fields(gateway: TestClient) -> None:
-    unknown = gateway.post(
-        "/v1/feedback", json={"request_id": "nope-" + uuid.uuid4().hex, "rating": "thumbs_up"}
-    )
+    unknown = gateway.post("/v1/feedback", json={"request_id": uuid.uuid4().hex, "rating": "thumbs_up"})
     assert unknown.status_code == 404 and "request_id" in unknown.text
-    bad = gateway.post("/v1/feedback", json={"request_id": "x", "rating": "great"})
-    assert bad.status_code == 422 and "rating" in bad.text
+    malformed = gateway.post("/v1/feedback", json={"request_id": "nope-1", "rating": "thumbs_up"})
+    assert malformed.status_code == 422 and malformed.json()["field"] == "request_id"
+    bad = gateway.post("/v1/feedback", json={"request_id": uuid.uuid4().hex, "rating": "great"})
+    assert bad.status_code == 422 and bad.json()["field"] == "rating"
     neither = gateway.post("/v1/feedback", json={"rating": "thumbs_up"})
     assert neither.status_code == 422 and "request_id or trace_id" in neither.text
     long = gateway.post(
-        "/v1/feedback", json={"request_id": "x", "rating": "thumbs_up", "comment": "a" * 5000}
+        "/v1/feedback", json={"request_id": uuid.uuid4().hex, "rating": "thumbs_up", "comment": "a" * 5000}
     )
     assert long.status_code == 422 and "comment" in long.text
     huge = gateway.post(
-        "/v1/feedback", json={"request_id": "x", "rating": "thumbs_up", "corrected_output": "a" * 20000}
+        "/v1/feedback",
+        json={"request_id": uuid.uuid4().hex, "rating": "thumbs_up", "corrected_output": "a" * 20000},
     )
     assert huge.status_code == 422 and "corrected_output" in huge.text
 

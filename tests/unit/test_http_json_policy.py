@@ -19,8 +19,8 @@ from services.shared.identifiers import filter_literal, is_filter_safe
     ("text", "loc", "kind"),
     [
         ('{"a": [1, {"b": "\\ud800"}]}', ("a", 1, "b"), "string_unicode"),
-        ('{"a": NaN}', (), "json_invalid"),
-        ('{"a": Infinity}', (), "json_invalid"),
+        ('{"a": NaN}', ("a",), "finite_number"),
+        ('{"a": [-Infinity]}', ("a", 0), "finite_number"),
         ('{"a": 1e999}', ("a",), "finite_number"),
         ('{"a": ' + "1" * 400 + "}", ("a",), "int_out_of_range"),
         ("[" * 5000 + "]" * 5000, (), "too_deep"),
@@ -103,6 +103,8 @@ def test_routes_answer_422_naming_the_field_and_never_echo_the_input() -> None:
         == 422
     )
     assert client.post("/echo", content=b"x" * (2 * 1024 * 1024)).status_code == 413
+    not_json = client.post("/echo", content=b"/\xef\xbf^\xff", headers={"content-type": "application/json"})
+    assert not_json.status_code == 422 and not_json.json()["field"] == "body"
     assert client.post("/echo", json={"value": [1, "a"]}).json() == {"value": [1, "a"]}
     assert client.get("/items/abc").status_code == 404
 

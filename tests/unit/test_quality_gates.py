@@ -35,7 +35,9 @@ from services.retrainer.core import (
 )
 
 COLUMNS = (*REQUIRED_COLUMNS, "version", "source", "rating")
-T = GateThresholds(min_accuracy=0.8, max_p95_latency_ms=50.0, max_regression=0.02)
+T = GateThresholds(
+    min_accuracy=0.8, max_p95_latency_ms=50.0, max_regression=0.02, max_p95_latency_delta_ms=0.0
+)
 
 
 def measured(**overrides: object) -> Measurements:
@@ -110,6 +112,13 @@ def test_latency_ratio_compares_with_the_champion_timed_in_the_same_run() -> Non
     assert "ratio 3.35 > 1.5" in slower.gate(P95_LATENCY_RATIO).message
     assert latency_ratio_gate([10.0], [10.0], 1.0).passed  # inclusive
     assert latency_ratio_gate([1.0], [0.0], 1.5).value == math.inf
+
+
+def test_latency_ratio_ignores_differences_too_small_to_matter() -> None:
+    # 3.7 ms against 1.2 ms is 3x slower, but by 2.5 ms: within a 5 ms tolerance it passes.
+    small = latency_ratio_gate([3.7], [1.2], 1.5, maximum_delta_ms=5.0)
+    assert small.passed and small.value == pytest.approx(3.7 / 1.2) and "only +2.50 ms" in small.message
+    assert not latency_ratio_gate([13.7], [1.2], 1.5, maximum_delta_ms=5.0).passed
 
 
 def test_latency_ratio_without_a_timed_champion_passes_and_the_ceiling_still_applies() -> None:
@@ -210,6 +219,7 @@ def test_thresholds_are_validated() -> None:
     max_ms=st.floats(0.01, 500),
     base_p95=st.none() | st.floats(0.01, 500),
     max_ratio=st.floats(0.1, 10),
+    delta_ms=st.floats(0, 50),
 )
 def test_report_passes_iff_every_condition_holds(
     acc: float,
@@ -220,6 +230,7 @@ def test_report_passes_iff_every_condition_holds(
     max_ms: float,
     base_p95: float | None,
     max_ratio: float,
+    delta_ms: float,
 ) -> None:
     report = evaluate_gates(
         measured(
@@ -233,13 +244,14 @@ def test_report_passes_iff_every_condition_holds(
             max_p95_latency_ms=max_ms,
             max_regression=tol,
             max_p95_latency_ratio=max_ratio,
+            max_p95_latency_delta_ms=delta_ms,
         ),
     )
     expected = (
         acc >= min_acc - 1e-9
         and p95 <= max_ms
         and (base is None or acc - base >= -tol - 1e-9)
-        and (base_p95 is None or p95 / base_p95 <= max_ratio + 1e-9)
+        and (base_p95 is None or p95 / base_p95 <= max_ratio + 1e-9 or p95 - base_p95 <= delta_ms + 1e-9)
     )
     assert report.passed == expected
 

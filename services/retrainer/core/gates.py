@@ -5,10 +5,11 @@ Five gates, each a pure function of numbers measured elsewhere:
   the fields the model needs (value = number of problems, threshold 0);
 - `accuracy`: held-out accuracy of the candidate at or above `min_accuracy`;
 - `p95_latency_ratio`: the candidate's p95 single-request latency divided by the baseline's (the
-  champion), both timed in the same run on the same rows, interleaved, at or below
-  `max_p95_latency_ratio`. This is the gate that judges speed: a ratio measured side by side holds
-  when the machine is loaded (absolute milliseconds do not: a busy 2-core host doubles them for both);
-  with no baseline it passes;
+  champion), both timed in the same run on the same rows, interleaved. It fails only when the ratio is
+  above `max_p95_latency_ratio` *and* the p95s differ by more than `max_p95_latency_delta_ms` (a 1 ms
+  model that takes 2 ms has not regressed in any way that matters). This is the gate that judges
+  speed: a ratio measured side by side holds when the machine is loaded (absolute milliseconds do not:
+  a busy 2-core host doubles them for both); with no baseline it passes;
 - `p95_latency`: the candidate's p95 at or below `max_p95_latency_ms`, an absolute ceiling for
   production (an SLO), generous by default so that load on the training host cannot fail it;
 - `no_regression`: candidate accuracy minus the baseline's (the champion on the same held-out set) at
@@ -43,6 +44,7 @@ class GateThresholds:
     max_p95_latency_ms: float = 250.0
     max_regression: float = 0.02
     max_p95_latency_ratio: float = 1.5
+    max_p95_latency_delta_ms: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_accuracy <= 1:
@@ -51,6 +53,8 @@ class GateThresholds:
             raise ValueError("max_p95_latency_ms must be positive")
         if self.max_p95_latency_ratio <= 0:
             raise ValueError("max_p95_latency_ratio must be positive")
+        if self.max_p95_latency_delta_ms < 0:
+            raise ValueError("max_p95_latency_delta_ms must not be negative")
         if not 0 <= self.max_regression <= 1:
             raise ValueError("max_regression must be within [0, 1]")
 
@@ -178,8 +182,10 @@ def latency_ratio_gate(
     baseline_latencies_ms: Sequence[float] | None,
     maximum_ratio: float,
     baseline_label: str = "champion",
+    maximum_delta_ms: float = 0.0,
 ) -> GateResult:
-    """value = candidate p95 / baseline p95, both measured side by side in one run."""
+    """value = candidate p95 / baseline p95, both measured side by side in one run; fails when the ratio
+    exceeds `maximum_ratio` and the difference exceeds `maximum_delta_ms`."""
     if not latencies_ms:
         return GateResult(P95_LATENCY_RATIO, False, None, maximum_ratio, "not evaluated")
     if not baseline_latencies_ms:
@@ -188,15 +194,18 @@ def latency_ratio_gate(
         )
     p95, base = percentile(latencies_ms, 95), percentile(baseline_latencies_ms, 95)
     ratio = p95 / base if base > 0 else (1.0 if p95 <= 0 else math.inf)
-    passed = ratio <= maximum_ratio + _EPS
-    relation = "<=" if passed else ">"
+    within_ratio = ratio <= maximum_ratio + _EPS
+    within_delta = p95 - base <= maximum_delta_ms + _EPS
+    passed = within_ratio or within_delta
+    relation = "<=" if within_ratio else ">"
+    slack = f" but only {p95 - base:+.2f} ms <= {maximum_delta_ms} ms" if not within_ratio and passed else ""
     return GateResult(
         P95_LATENCY_RATIO,
         passed,
         ratio,
         maximum_ratio,
         f"p95 {p95:.2f} ms vs {baseline_label} {base:.2f} ms on the same rows: "
-        f"ratio {ratio:.2f} {relation} {maximum_ratio}",
+        f"ratio {ratio:.2f} {relation} {maximum_ratio}{slack}",
     )
 
 
@@ -227,7 +236,11 @@ def evaluate_gates(m: Measurements, thresholds: GateThresholds) -> GateReport:
             schema_gate(m.columns, m.required_columns, m.rows, m.row_problems),
             accuracy_gate(m.accuracy, thresholds.min_accuracy),
             latency_ratio_gate(
-                m.latencies_ms, m.baseline_latencies_ms, thresholds.max_p95_latency_ratio, m.baseline_label
+                m.latencies_ms,
+                m.baseline_latencies_ms,
+                thresholds.max_p95_latency_ratio,
+                m.baseline_label,
+                thresholds.max_p95_latency_delta_ms,
             ),
             latency_gate(m.latencies_ms, thresholds.max_p95_latency_ms),
             regression_gate(m.accuracy, m.baseline_accuracy, thresholds.max_regression, m.baseline_label),
