@@ -83,6 +83,12 @@ class RetrainerSettings(FlywheelSettings):
     retrainer_latency_samples: int = Field(
         default=200, ge=1, description="Held-out rows timed one by one for the latency gate."
     )
+    retrainer_latency_repeats: int = Field(
+        default=3,
+        ge=1,
+        description="Times each row is timed per model (interleaved); the median counts, so one load "
+        "spike does not decide the tail.",
+    )
 
     # DSPy programs
     retrainer_dspy_optimizer: Literal["bootstrap_few_shot", "labeled_few_shot"] = "bootstrap_few_shot"

@@ -65,6 +65,7 @@ class SklearnTrainer:
         self.max_iter = settings.retrainer_max_iter
         self.base_data = settings.retrainer_base_data
         self.latency_samples = settings.retrainer_latency_samples
+        self.latency_repeats = settings.retrainer_latency_repeats
 
     def run_name(self, now: datetime) -> str:
         setting = f"C={self.c:g}" if self.algorithm == "logistic_regression" else "refit"
@@ -154,6 +155,7 @@ class SklearnTrainer:
             lambda i: candidate.predict(held_x.iloc[[i]]),
             (lambda i: baseline.predict(data.test_x.iloc[[i]])) if baseline is not None else None,
             n_timed,
+            repeats=self.latency_repeats,
         )
         latencies = timed.latencies_ms
 

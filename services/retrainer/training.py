@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -120,30 +121,33 @@ class TimedCalls:
 
 
 def timed_side_by_side(
-    candidate: Callable[[int], Any], baseline: Callable[[int], Any] | None, count: int
+    candidate: Callable[[int], Any], baseline: Callable[[int], Any] | None, count: int, repeats: int = 1
 ) -> tuple[TimedCalls, TimedCalls | None]:
     """Time the candidate and the baseline on the same `count` inputs, interleaved (the order
-    alternates per input), so both meet the same machine load and their p95s can be compared as a
-    ratio. With no baseline only the candidate is timed."""
+    alternates per call), so both meet the same machine load and their p95s can be compared as a
+    ratio. With `repeats` > 1 each input is timed that many times per model and its median kept: a
+    load spike that hits one call then does not decide the tail. With no baseline only the candidate
+    is timed. The result of an input is its first call's."""
     cand = TimedCalls([], [], [])
     base = TimedCalls([], [], []) if baseline is not None else None
-
-    def one(call: Callable[[int], Any], i: int, into: TimedCalls) -> None:
-        start = time.perf_counter()
-        try:
-            into.results.append(call(i))
-            into.errors.append(None)
-        except Exception as exc:
-            into.results.append(None)
-            into.errors.append(repr(exc)[:300])
-        into.latencies_ms.append((time.perf_counter() - start) * 1000)
-
     pair: list[tuple[Callable[[int], Any], TimedCalls]] = [(candidate, cand)]
     if baseline is not None and base is not None:
         pair.append((baseline, base))
     for i in range(count):
-        for call, into in pair if i % 2 == 0 else reversed(pair):
-            one(call, i, into)
+        samples: dict[int, list[float]] = {id(into): [] for _, into in pair}
+        for r in range(repeats):
+            for call, into in pair if (i + r) % 2 == 0 else reversed(pair):
+                start = time.perf_counter()
+                try:
+                    result, error = call(i), None
+                except Exception as exc:
+                    result, error = None, repr(exc)[:300]
+                samples[id(into)].append((time.perf_counter() - start) * 1000)
+                if r == 0:
+                    into.results.append(result)
+                    into.errors.append(error)
+        for _, into in pair:
+            into.latencies_ms.append(statistics.median(samples[id(into)]))
     return cand, base
 
 

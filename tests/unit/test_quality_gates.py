@@ -399,3 +399,30 @@ def test_split_holdout_is_deterministic_stable_and_never_empty() -> None:
     assert split_holdout(["only"], 0.5) in (([0], []), ([], [0]))
     with pytest.raises(ValueError):
         split_holdout(ids, 1.0)
+
+
+def test_side_by_side_timing_interleaves_and_keeps_the_median_of_repeats() -> None:
+    from services.retrainer.training import timed_side_by_side
+
+    calls: list[str] = []
+    spikes = iter([50.0, 0.0, 0.0])  # the candidate's first call on row 0 meets a load spike
+
+    def cand(i: int) -> int:
+        calls.append(f"c{i}")
+        if i == 0:
+            import time
+
+            time.sleep(next(spikes, 0.0) / 1000)
+        return i
+
+    def base(i: int) -> int:
+        calls.append(f"b{i}")
+        if i == 1:
+            raise ValueError("boom")
+        return -i
+
+    timed, timed_base = timed_side_by_side(cand, base, 2, repeats=3)
+    assert calls[:6] == ["c0", "b0", "b0", "c0", "c0", "b0"]  # the order alternates per call
+    assert timed.results == [0, 1] and timed_base is not None and timed_base.results == [0, None]
+    assert timed_base.errors[1] is not None and "boom" in timed_base.errors[1]
+    assert len(timed.latencies_ms) == 2 and timed.latencies_ms[0] < 40  # the spike is not the median
