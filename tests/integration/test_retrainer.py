@@ -542,7 +542,14 @@ def test_dspy_program_is_compiled_evaluated_and_registered_with_metadata(
     RegistryAdapter(uri).set_alias(model, "champion", v1)
     rows = qa_rows(model, questions=5, copies=4)
     run_id, _ = publish_dataset(uri, model, rows, tmp_path)
-    settings = settings_for(stack, retrainer_dspy_optimizer=optimizer, retrainer_dspy_max_demos=16)
+    # DummyLM answers in microseconds; a compiled program formats longer prompts, so its latency ratio
+    # is large while the difference is not measurable in any meaningful way: that gate is not tested here.
+    settings = settings_for(
+        stack,
+        retrainer_dspy_optimizer=optimizer,
+        retrainer_dspy_max_demos=16,
+        retrainer_max_p95_delta_ms=1000.0,
+    )
     if optimizer == "labeled_few_shot":
         lm = DummyLM([], follow_examples=True)
     else:
