@@ -15,8 +15,8 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from events import Event, EventDecodeError, decode
+from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import StackRunner
-from services.shared.embedded.stack import Endpoints
 from services.shared.kafka.profile import profile_named
 
 BROKER_CHOICES = ("both", "apache", "tansu")

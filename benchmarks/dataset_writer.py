@@ -21,9 +21,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from services.feedback_aggregation.core import jsontext
-from services.feedback_aggregation.core.examples import ExampleRow
-from services.feedback_aggregation.dataset_writer import export_rows, verify_manifest, write_dataset
+from services.feedback_aggregation.adapters.dataset_writer import export_rows, write_dataset
+from services.feedback_aggregation.domain.examples import ExampleRow
+from services.shared import jsontext
+from services.shared.dataset_manifest import verify_manifest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -25,10 +25,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from benchmarks.common import run_on_brokers
 from events import FEEDBACK_RECORDED, FeedbackRating, FeedbackRecorded, encode, event_key
+from services.cli.devstack.process import free_port
+from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import StackRunner
-from services.feedback_aggregation.store import read_summary_sync
-from services.shared.embedded.process import free_port
-from services.shared.embedded.stack import Endpoints
+from services.feedback_aggregation.adapters.store import read_summary_sync
 from services.shared.kafka.profile import profile_named
 from services.shared.redis_store import RedisKeys
 

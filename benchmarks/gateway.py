@@ -18,9 +18,9 @@ import httpx
 from mlflow import MlflowClient
 
 from benchmarks.common import summarize
+from services.cli.devstack.process import ManagedProcess, free_port
+from services.cli.devstack.sample_models import register_wine_version, wine_data
 from services.cli.stack_runner import StackRunner
-from services.shared.embedded.process import ManagedProcess, free_port
-from services.shared.sample_models import register_wine_version, wine_data
 
 
 def _load(url: str, payload: dict[str, Any], duration_s: float, concurrency: int) -> dict[str, Any]:

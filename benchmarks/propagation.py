@@ -22,9 +22,9 @@ from mlflow import MlflowClient
 from mlflow.entities.webhook import WebhookStatus
 
 from benchmarks.common import run_on_brokers, summarize
+from services.cli.devstack.sample_models import register_wine_version
 from services.cli.stack_runner import RunningService, StackRunner
-from services.registry_watcher.webhook_registration import register_webhook
-from services.shared.sample_models import register_wine_version
+from services.registry_watcher.adapters.webhook_registration import register_webhook
 
 
 def _serving(client: httpx.Client, url: str, model: str) -> tuple[str | None, float]:

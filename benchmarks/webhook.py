@@ -20,7 +20,7 @@ from mlflow.entities.webhook import WebhookStatus
 from benchmarks.common import TopicFollower, run_on_brokers, summarize
 from events import ALIAS_CHANGED, AliasChanged, Event
 from services.cli.stack_runner import StackRunner
-from services.registry_watcher.webhook_registration import register_webhook
+from services.registry_watcher.adapters.webhook_registration import register_webhook
 
 
 def _is_move(model: str, version: str) -> Callable[[Event], bool]:

@@ -2,7 +2,7 @@
 
 `MLFLOW_TRACKING_URI`, `KAFKA_BOOTSTRAP_SERVERS` and `REDIS_URL` are used when set; otherwise the
 embedded servers (MLflow subprocess, valkey-server, and Apache Kafka from its Maven Central jars when
-Java 17 is here, else Tansu: `services/shared/embedded/stack.py`). Redis may come from testcontainers
+Java 17 is here, else Tansu: `services/cli/devstack/stack.py`). Redis may come from testcontainers
 when a Docker engine answers. Tests isolate themselves with unique model names and Redis prefixes, so
 nothing depends on what an earlier run left behind.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from services.shared.embedded.stack import Endpoints, Stack
+from services.cli.devstack.stack import Endpoints, Stack
 from services.shared.kafka.admin import ensure_topics
 
 
@@ -88,7 +88,7 @@ def stack_env(base_stack: Endpoints) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session")
 def wine_model(base_stack: Endpoints, stack_env: dict[str, str]) -> tuple[str, dict[str, float]]:
     """A registered model with two real sklearn versions: 1 (weak) and 2 (strong) -> accuracy."""
-    from services.shared.sample_models import register_wine_version
+    from services.cli.devstack.sample_models import register_wine_version
     from tests.support import unique
 
     name = unique("wine")

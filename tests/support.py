@@ -15,9 +15,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from events import Event, EventDecodeError, decode
-from services.registry_watcher.core.signature import sign
-from services.shared.embedded.process import ManagedProcess, free_port
-from services.shared.embedded.stack import Endpoints
+from services.cli.devstack.process import ManagedProcess, free_port
+from services.cli.devstack.stack import Endpoints
+from services.registry_watcher.domain.signature import sign
 from services.shared.kafka.profile import profile_named
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,3 +1,3 @@
-from services.cache_invalidation.main import run
+from services.cache_invalidation.bootstrap import run
 
 run()

@@ -16,11 +16,6 @@ REDELIVERED = Counter(
     "Events already applied (redelivery after a restart): the reload notice is sent again",
 )
 SKIPPED = Counter("flywheel_invalidation_events_skipped_total", "Events of models this worker does not watch")
-UNDECODABLE = Counter(
-    "flywheel_invalidation_events_undecodable_total",
-    "Messages that are not a readable AliasChanged event (logged and skipped), by reason",
-    ["reason"],
-)
 NOTICES = Counter("flywheel_invalidation_reload_notices_published_total", "Reload notices published")
 APPLY_ERRORS = Counter(
     "flywheel_invalidation_apply_errors_total",

@@ -12,14 +12,16 @@ class CacheInvalidationSettings(FlywheelSettings):
         default=6070,
         ge=1,
         le=65535,
-        description="Port the Faust worker binds (its web server is off, but it binds it anyway).",
+        description="The worker's web port: /healthz, /readyz (partitions assigned), /metrics.",
     )
     invalidation_group_id: str = Field(
         default="flywheel-cache-invalidation",
         min_length=1,
         description="Kafka consumer group (= Faust app id); a new id replays the topic from the start.",
     )
-    invalidation_metrics_host: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
+    invalidation_metrics_host: str = Field(
+        default="127.0.0.1", description="Bind address of the web port and of the /metrics port."
+    )
     invalidation_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = not served."
     )

@@ -1,3 +1,3 @@
-from services.canary_rollout.main import run
+from services.canary_rollout.bootstrap import run
 
 run()

@@ -8,4 +8,3 @@ DECISIONS = Counter("flywheel_canary_decisions_total", "Rollout decisions", ["de
 OBSERVATIONS = Counter("flywheel_canary_observations_total", "Observations counted", ["kind"])
 GUARDED = Counter("flywheel_canary_guarded_total", "Registry writes skipped: the registry changed since")
 WEIGHT = Gauge("flywheel_canary_weight_percent", "Challenger traffic share", ["model"])
-ERRORS = Counter("flywheel_canary_errors_total", "Failures handling an input (retried)", ["stage"])

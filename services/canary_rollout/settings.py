@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from services.canary_rollout.core.policy import DEFAULT_WEIGHTS, RolloutPolicy
+from services.canary_rollout.domain.policy import DEFAULT_WEIGHTS, RolloutPolicy
 from services.shared.settings import FlywheelSettings
 
 

@@ -23,9 +23,8 @@ from rich.table import Table
 
 from benchmarks.common import TopicFollower
 from events import RETRAINING_FINISHED, RetrainingFinished
+from services.cli.devstack.sample_models import register_broken_version, register_wine_version, wine_data
 from services.cli.stack_runner import WORKER_PORT_VARS, RunningService, StackRunner
-from services.shared.embedded.process import free_port
-from services.shared.sample_models import register_broken_version, register_wine_version, wine_data
 
 console = Console()
 
@@ -347,11 +346,11 @@ def held_out_accuracy(tracking_uri: str, model: str, version: str) -> float:
 
 def start_loop_workers(runner: StackRunner, model: str, env: dict[str, str]) -> None:
     """(Re)start the feedback aggregation and retrainer workers with `env`."""
-    for name, port_var in WORKER_PORT_VARS.items():
+    for name in WORKER_PORT_VARS:
         previous = runner.services.pop(name, None)
         if previous is not None:
             previous.process.stop()
-        runner.start_service(name, extra_env={port_var: str(free_port()), "FLYWHEEL_MODELS": model, **env})
+        runner.start_worker(name, {"FLYWHEEL_MODELS": model, **env})
 
 
 def _print_retraining(event: Any, elapsed_s: float) -> None:

@@ -100,8 +100,8 @@ def export_dataset(
     """Training data from MLflow traces with feedback (corrected outputs preferred), streamed to a file."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from services.feedback_aggregation.data_exporter import RATINGS, DataExporter
-    from services.feedback_aggregation.dataset_writer import ExportFormat
+    from services.feedback_aggregation.adapters.data_exporter import RATINGS, DataExporter
+    from services.feedback_aggregation.adapters.dataset_writer import ExportFormat
 
     if fmt not in ("csv", "json", "jsonl", "parquet"):
         raise typer.BadParameter("must be csv, json, jsonl or parquet", param_hint="--format")
@@ -150,7 +150,7 @@ def webhook_register(
     """Create or update Flywheel's webhook on the MLflow server (idempotent)."""
     from mlflow import MlflowClient
 
-    from services.registry_watcher.webhook_registration import register_webhook
+    from services.registry_watcher.adapters.webhook_registration import register_webhook
 
     if not tracking_uri:
         raise typer.BadParameter(

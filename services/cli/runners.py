@@ -6,12 +6,12 @@ import importlib
 from collections.abc import Callable
 
 SERVICES: dict[str, str] = {
-    "registry-watcher": "services.registry_watcher.main:run",
-    "gateway": "services.gateway.main:run",
-    "canary-rollout": "services.canary_rollout.main:run",
-    "cache-invalidation": "services.cache_invalidation.main:run",
-    "feedback-aggregation": "services.feedback_aggregation.main:run",
-    "retrainer": "services.retrainer.main:run",
+    "registry-watcher": "services.registry_watcher.bootstrap:run",
+    "gateway": "services.gateway.bootstrap:run",
+    "canary-rollout": "services.canary_rollout.bootstrap:run",
+    "cache-invalidation": "services.cache_invalidation.bootstrap:run",
+    "feedback-aggregation": "services.feedback_aggregation.bootstrap:run",
+    "retrainer": "services.retrainer.bootstrap:run",
 }
 
 

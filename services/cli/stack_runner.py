@@ -19,14 +19,14 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from services.registry_watcher.webhook_registration import register_webhook
-from services.shared.embedded.process import ManagedProcess, free_port
-from services.shared.embedded.stack import Endpoints, Stack
+from services.cli.devstack.process import ManagedProcess, free_port
+from services.cli.devstack.stack import Endpoints, Stack
+from services.registry_watcher.adapters.webhook_registration import register_webhook
 from services.shared.kafka.admin import ensure_topics
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
-# Faust workers without an HTTP API: the variable of the port Faust binds (one per worker on a host).
+# Workers without an HTTP API of their own: the variable of their web port (/healthz, /readyz, /metrics).
 WORKER_PORT_VARS = {
     "feedback-aggregation": "FLYWHEEL_FEEDBACK_WEB_PORT",
     "retrainer": "FLYWHEEL_RETRAINER_WEB_PORT",
@@ -128,9 +128,14 @@ class StackRunner:
     def start_cache_invalidation(
         self, instance: str = "cache-invalidation", extra_env: Mapping[str, str] | None = None
     ) -> RunningService:
-        """The Faust worker (no HTTP API; its web port is only bound, see services/shared/faust_app)."""
-        env = {"FLYWHEEL_INVALIDATION_WEB_PORT": str(free_port()), **(extra_env or {})}
-        return self.start_service("cache-invalidation", instance=instance, extra_env=env)
+        """The worker; returns once its /readyz says it was assigned its partitions."""
+        return self.start_service(
+            "cache-invalidation",
+            instance=instance,
+            port_var="FLYWHEEL_INVALIDATION_WEB_PORT",
+            extra_env=extra_env,
+            ready_path="/readyz",
+        )
 
     def start_hot_reload(
         self, replicas: int = 2, extra_env: Mapping[str, str] | None = None, register: bool = True
@@ -151,15 +156,21 @@ class StackRunner:
             ready_path="/readyz",
         )
 
+    def start_worker(self, name: str, extra_env: Mapping[str, str] | None = None) -> RunningService:
+        """A worker without an HTTP API of its own; returns once its web port's /readyz answers 200."""
+        return self.start_service(
+            name, port_var=WORKER_PORT_VARS[name], extra_env=extra_env, ready_path="/readyz"
+        )
+
     def start_all(self, replicas: int = 2, extra_env: Mapping[str, str] | None = None) -> None:
         """Every Flywheel service: the hot-reload path, the canary worker, and the feedback loop workers."""
         from services.cli.runners import SERVICES
 
         self.start_hot_reload(replicas, extra_env)
         self.start_canary(extra_env)
-        for name, port_var in WORKER_PORT_VARS.items():
+        for name in WORKER_PORT_VARS:
             if name in SERVICES:
-                self.start_service(name, extra_env={port_var: str(free_port()), **(extra_env or {})})
+                self.start_worker(name, extra_env)
 
     def register_webhook(self, url: str) -> None:
         assert self.endpoints is not None

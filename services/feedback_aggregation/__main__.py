@@ -1,3 +1,3 @@
-from services.feedback_aggregation.main import run
+from services.feedback_aggregation.bootstrap import run
 
 run()

@@ -31,17 +31,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from events import DatasetFile, DatasetPublished, Event, FeedbackRecorded, RetrainingRequested, decode
-from services.feedback_aggregation.core.examples import ExampleRow, build_examples
-from services.feedback_aggregation.core.jsontext import parse_rfc3339, rfc3339
-from services.feedback_aggregation.core.triggers import TriggerDecision
-from services.feedback_aggregation.dataset_writer import (
-    MANIFEST,
-    ManifestMismatch,
-    WrittenDataset,
-    verify_manifest,
-    write_dataset,
-)
-from services.feedback_aggregation.mlflow_datasets import LATEST, DatasetRegistry, LoggedDataset
+from services.feedback_aggregation.adapters.dataset_writer import WrittenDataset, write_dataset
+from services.feedback_aggregation.adapters.mlflow_datasets import LATEST, DatasetRegistry, LoggedDataset
+from services.feedback_aggregation.domain.examples import ExampleRow, build_examples
+from services.feedback_aggregation.domain.triggers import TriggerDecision
+from services.shared.dataset_manifest import MANIFEST, ManifestMismatch, verify_manifest
+from services.shared.jsontext import parse_rfc3339, rfc3339
 from services.shared.kafka.publisher import KafkaPublisher, Record
 
 log = logging.getLogger(__name__)

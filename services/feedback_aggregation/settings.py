@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from services.feedback_aggregation.core.aggregates import AggregateConfig
-from services.feedback_aggregation.core.triggers import TriggerPolicy
+from services.feedback_aggregation.domain.aggregates import AggregateConfig
+from services.feedback_aggregation.domain.triggers import TriggerPolicy
 from services.shared.settings import FlywheelSettings
 
 

@@ -1,3 +1,3 @@
-from services.gateway.main import run
+from services.gateway.bootstrap import run
 
 run()

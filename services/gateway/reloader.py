@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 
 from services.gateway import metrics
-from services.gateway.model_loader import LoadedModel
-from services.gateway.model_manager import ModelManager, ModelRef
-from services.gateway.serving_table import ServingTable
+from services.gateway.adapters.model_loader import LoadedModel
+from services.gateway.domain.model_manager import ModelManager, ModelRef
+from services.gateway.domain.serving_table import ServingTable
 
 log = logging.getLogger(__name__)
 

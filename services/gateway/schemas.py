@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+
+from events import FeedbackRating
+from services.shared.identifiers import REQUEST_ID_PATTERN, TRACE_ID_PATTERN
 
 
 class PredictRequest(BaseModel):
@@ -23,3 +27,35 @@ class PredictResponse(BaseModel):
     variant: str
     request_id: str
     trace_id: str | None
+
+
+MAX_COMMENT = 2000
+MAX_CORRECTION_BYTES = 16_384
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str | None = Field(
+        default=None, pattern=REQUEST_ID_PATTERN, description="`request_id` of the predict response."
+    )
+    trace_id: str | None = Field(
+        default=None, pattern=TRACE_ID_PATTERN, description="`trace_id` of the predict response."
+    )
+    rating: FeedbackRating
+    corrected_output: JsonValue = None
+    comment: str | None = Field(default=None, max_length=MAX_COMMENT)
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("corrected_output")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        if value is not None and len(json.dumps(value)) > MAX_CORRECTION_BYTES:
+            raise ValueError(f"corrected_output is larger than {MAX_CORRECTION_BYTES} bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> FeedbackRequest:
+        if self.request_id is None and self.trace_id is None:
+            raise ValueError("request_id or trace_id is required")
+        return self

@@ -1,6 +1,7 @@
 """Registry watcher: MLflow alias changes (signed webhooks + a poller as safety net) -> AliasChanged.
 
-Follow one alias change: `api.py` (webhook in) -> `core/webhook.py` (parse) -> `recorder.py` (use case)
--> `alias_state.py` (Redis compare-and-set + outbox) -> `outbox.py` (Kafka, acks=all).
-`poller.py` feeds the same recorder from MLflow's current aliases.
+Follow one alias change: `entrypoints/http.py` (webhook in) -> `domain/webhook.py` (parse) ->
+`handlers.py` (the use case) -> `adapters/alias_state.py` (Redis compare-and-set + outbox) ->
+`adapters/outbox.py` (Kafka, acks=all). `entrypoints/poller.py` feeds the same use case from MLflow's
+current aliases; `bootstrap.py` wires it all.
 """

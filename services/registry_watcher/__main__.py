@@ -1,3 +1,3 @@
-from services.registry_watcher.main import run
+from services.registry_watcher.bootstrap import run
 
 run()

@@ -1,3 +1,3 @@
-from services.retrainer.main import run
+from services.retrainer.bootstrap import run
 
 run()

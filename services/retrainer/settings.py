@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.retrainer.core.gates import GateThresholds
+from services.retrainer.domain.gates import GateThresholds
 from services.shared.settings import FlywheelSettings
 
 
@@ -76,7 +76,7 @@ class RetrainerSettings(FlywheelSettings):
     )
     retrainer_max_iter: int = Field(default=2000, ge=1)
     retrainer_base_data: str = Field(
-        default="services.shared.sample_models:wine_data",
+        default="services.cli.devstack.sample_models:wine_data",
         description="'module:function' returning the base training data and held-out set "
         "(attributes train_x, train_y, test_x, test_y).",
     )

@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from events import ALIAS_CHANGED
-from services.shared.embedded.stack import Endpoints
+from services.cli.devstack.stack import Endpoints
 from tests.support import TopicReader, unique
 
 pytestmark = pytest.mark.e2e

@@ -25,9 +25,9 @@ import pytest
 from mlflow import MlflowClient
 
 from events import CANARY_DECISIONS, CanaryDecision
+from services.cli.devstack.sample_models import register_broken_version, register_wine_version, wine_data
+from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import RunningService, StackRunner
-from services.shared.embedded.stack import Endpoints
-from services.shared.sample_models import register_broken_version, register_wine_version, wine_data
 from tests.support import TopicReader, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::FutureWarning")]

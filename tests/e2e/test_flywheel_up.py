@@ -16,8 +16,8 @@ import pytest
 from mlflow import MlflowClient
 
 from events import ALIAS_CHANGED, AliasChanged
-from services.registry_watcher.webhook_registration import WEBHOOK_NAME
-from services.shared.embedded.stack import Endpoints
+from services.cli.devstack.stack import Endpoints
+from services.registry_watcher.adapters.webhook_registration import WEBHOOK_NAME
 from tests.support import TopicReader, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.tansu]

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from services.cli.devstack.sample_models import wine_data
+from services.cli.devstack.servers import start_redis
+from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import RunningService, StackRunner
-from services.shared.embedded.servers import start_redis
-from services.shared.embedded.stack import Endpoints
-from services.shared.sample_models import wine_data
 from tests.support import unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::FutureWarning")]

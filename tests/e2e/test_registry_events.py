@@ -15,9 +15,9 @@ from mlflow import MlflowClient
 from mlflow.entities.webhook import WebhookStatus
 
 from events import AliasChanged
-from services.registry_watcher.webhook_registration import WEBHOOK_NAME, register_webhook
-from services.shared.embedded.process import ManagedProcess
-from services.shared.embedded.stack import Endpoints
+from services.cli.devstack.process import ManagedProcess
+from services.cli.devstack.stack import Endpoints
+from services.registry_watcher.adapters.webhook_registration import WEBHOOK_NAME, register_webhook
 from tests.support import TopicReader, also_on_tansu, start_service, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::FutureWarning")]

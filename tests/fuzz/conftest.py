@@ -16,8 +16,8 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import RunningService, StackRunner
-from services.shared.embedded.stack import Endpoints
 from tests.support import unique
 
 pytestmark = pytest.mark.fuzz

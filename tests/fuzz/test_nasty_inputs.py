@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events import INFERENCES, InferenceRecorded
-from services.shared.sample_models import wine_data
+from services.cli.devstack.sample_models import wine_data
 from tests.fuzz.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, FuzzStack
 from tests.support import TopicReader, alias_payload, signed_headers
 

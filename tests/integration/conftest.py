@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from events import ALIAS_CHANGED
-from services.shared.embedded.stack import Endpoints
+from services.cli.devstack.stack import Endpoints
 from tests.support import TopicReader
 
 pytestmark = pytest.mark.integration

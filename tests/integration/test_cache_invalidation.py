@@ -20,13 +20,14 @@ import pytest
 import redis
 
 from events import ALIAS_CHANGED, AliasAction, AliasChanged, AliasSource
-from services.cache_invalidation.core.apply import entry_of, replay
-from services.cache_invalidation.resolution_writer import CasStatus, ResolutionWriter
+from services.cache_invalidation.adapters.resolution_writer import CasStatus, ResolutionWriter
+from services.cache_invalidation.bootstrap import build_runtime
+from services.cache_invalidation.domain.apply import entry_of, replay
+from services.cache_invalidation.handlers import InvalidationHandler
 from services.cache_invalidation.settings import CacheInvalidationSettings
-from services.cache_invalidation.worker import InvalidationHandler, Outcome
-from services.shared.embedded.process import ManagedProcess, free_port, port_open
-from services.shared.embedded.servers import start_redis
-from services.shared.embedded.stack import Endpoints
+from services.cli.devstack.process import ManagedProcess, free_port, port_open
+from services.cli.devstack.servers import start_redis
+from services.cli.devstack.stack import Endpoints
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.redis_store import RedisKeys, async_redis, sync_redis
@@ -129,20 +130,26 @@ class Worker:
             "FLYWHEEL_INVALIDATION_WEB_PORT": str(free_port()),
             "FLYWHEEL_LOG_LEVEL": "INFO",
         }
+        self.port = int(self.env["FLYWHEEL_INVALIDATION_WEB_PORT"])
         self.proc: ManagedProcess | None = None
 
     def _log(self) -> str:
         try:
-            return (self.logdir / "cache-invalidation-worker.log").read_text(errors="replace")
+            return (self.logdir / f"cache-invalidation-{self.port}.log").read_text(errors="replace")
         except OSError:
             return ""
 
     def start(self, timeout_s: float = WAIT_S) -> Worker:
-        """Start and wait until the consumer group assigned it the topic's partitions."""
-        assigned_before = self._log().count("partitions assigned")
-        self.proc, _ = start_service("cache-invalidation", self.stack, self.logdir, self.env)
-        proc = self.proc
-        proc.wait_ready(lambda: self._log().count("partitions assigned") > assigned_before, timeout_s)
+        """Start and wait until its /readyz says the consumer group assigned it the partitions."""
+        self.proc, _ = start_service(
+            "cache-invalidation",
+            self.stack,
+            self.logdir,
+            self.env,
+            port_var="FLYWHEEL_INVALIDATION_WEB_PORT",
+            health_path="/readyz",
+            timeout_s=timeout_s,
+        )
         return self
 
     def kill(self) -> None:
@@ -419,14 +426,15 @@ async def test_handler_waits_for_redis_instead_of_skipping_the_event(tmp_path: P
         settings, redis_factory=lambda: async_redis(settings.redis_url, timeout_s=0.5)
     )
     event = alias_event(unique("ci_d"), "champion", "1", datetime.now(UTC))
-    task = asyncio.create_task(handler.handle(Record.of(event).value))
+    runtime = build_runtime(settings, handler)
+    subscription = runtime.subscriptions[0]
+    task = asyncio.create_task(runtime.handle_batch(subscription, [(0, 0, Record.of(event).value)]))
     await asyncio.sleep(1.0)
     assert not task.done()  # still retrying: the event is neither applied nor dropped
     assert not port_open("127.0.0.1", port)
     server, url = await asyncio.to_thread(start_redis, tmp_path / "redis", port)
     try:
-        handled = await asyncio.wait_for(task, WAIT_S)
-        assert handled.outcome is Outcome.APPLIED
+        await asyncio.wait_for(task, WAIT_S)
         client = sync_redis(url)
         stored = parse_entries(client.hgetall(RedisKeys(settings.redis_prefix).resolution(event.model)))  # type: ignore[arg-type]
         client.close()

@@ -36,34 +36,36 @@ from events import (
     RetrainingRequested,
     encode,
 )
-from services.feedback_aggregation.core.aggregates import apply, new_state
-from services.feedback_aggregation.core.examples import ExampleRow, build_examples
-from services.feedback_aggregation.core.jsontext import epoch_us
-from services.feedback_aggregation.core.triggers import (
-    TriggerDecision,
-    TriggerState,
-    rate_window_start,
-    signal_from,
-)
-from services.feedback_aggregation.dataset_writer import read_rows, verify_manifest
-from services.feedback_aggregation.mlflow_datasets import (
+from services.cli.devstack.process import ManagedProcess, free_port
+from services.cli.devstack.stack import Endpoints
+from services.feedback_aggregation.adapters.dataset_writer import read_rows
+from services.feedback_aggregation.adapters.mlflow_datasets import (
     TAG_ALIAS,
     TAG_NAME,
     TAG_PUBLICATION,
     TAG_VERSION,
     DatasetRegistry,
 )
+from services.feedback_aggregation.adapters.store import FeedbackStore, read_summary, read_summary_sync
+from services.feedback_aggregation.domain.aggregates import apply, new_state
+from services.feedback_aggregation.domain.examples import ExampleRow, build_examples
+from services.feedback_aggregation.domain.triggers import (
+    TriggerDecision,
+    TriggerState,
+    rate_window_start,
+    signal_from,
+)
+from services.feedback_aggregation.handlers import FeedbackService, ModelView
 from services.feedback_aggregation.publication import (
     DatasetPublisher,
     Pending,
     PublicationResult,
     dataset_name_for,
 )
-from services.feedback_aggregation.service import FeedbackService, ModelView
 from services.feedback_aggregation.settings import FeedbackSettings
-from services.feedback_aggregation.store import FeedbackStore, read_summary, read_summary_sync
-from services.shared.embedded.process import ManagedProcess, free_port
-from services.shared.embedded.stack import Endpoints
+from services.shared.consumer import Message
+from services.shared.dataset_manifest import verify_manifest
+from services.shared.jsontext import epoch_us
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.redis_store import RedisKeys, async_redis, sync_redis
@@ -241,8 +243,12 @@ class Worker:
         self.proc: ManagedProcess | None = None
 
     @property
+    def port(self) -> int:
+        return int(self.env["FLYWHEEL_FEEDBACK_WEB_PORT"])
+
+    @property
     def log_path(self) -> Path:
-        return self.logdir / "feedback-aggregation-worker.log"
+        return self.logdir / f"feedback-aggregation-{self.port}.log"
 
     def log(self) -> str:
         try:
@@ -250,18 +256,17 @@ class Worker:
         except OSError:
             return ""
 
-    def assigned(self) -> int:
-        return sum(
-            1
-            for line in self.log().splitlines()
-            if "partitions assigned" in line and FEEDBACK_RECORDED in line
-        )
-
     def start(self, *, wait_assigned: bool = True) -> Worker:
-        before = self.assigned()
-        self.proc, _ = start_service("feedback-aggregation", self.stack, self.logdir, self.env)
-        if wait_assigned:
-            self.proc.wait_ready(lambda: self.assigned() > before, WAIT_S)
+        """Start; with `wait_assigned`, return once its /readyz says its partitions are assigned."""
+        self.proc, _ = start_service(
+            "feedback-aggregation",
+            self.stack,
+            self.logdir,
+            self.env,
+            port_var="FLYWHEEL_FEEDBACK_WEB_PORT",
+            health_path="/readyz" if wait_assigned else "/healthz",
+            timeout_s=WAIT_S,
+        )
         return self
 
     def kill(self) -> None:
@@ -423,10 +428,10 @@ async def test_a_batch_killed_mid_way_is_applied_exactly_once(stack: Endpoints, 
         )
     events += events[10:16]  # producer-side duplicates at new offsets
     offsets = {INFERENCES: 0, FEEDBACK_RECORDED: 0}
-    delivered: list[tuple[str, int, int, bytes | None]] = []
+    delivered: list[Message] = []
     for event in events:
         topic = INFERENCES if isinstance(event, InferenceRecorded) else FEEDBACK_RECORDED
-        delivered.append((topic, 0, offsets[topic], encode(event)))
+        delivered.append(Message(topic, 0, offsets[topic], encode(event), event))
         offsets[topic] += 1
 
     client = async_redis(stack.redis_url)

@@ -19,12 +19,12 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from events import INFERENCES, InferenceRecorded
-from services.gateway.api import create_app
+from services.cli.devstack.sample_models import wine_data
+from services.cli.devstack.stack import Endpoints
+from services.gateway.bootstrap import create_app
 from services.gateway.settings import GatewaySettings
-from services.shared.embedded.stack import Endpoints
 from services.shared.redis_store import RedisKeys
 from services.shared.resolution import ReloadNotice, ResolutionEntry
-from services.shared.sample_models import wine_data
 from tests.support import TopicReader, unique
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from services.gateway.api import create_app
+from services.cli.devstack.stack import Endpoints
+from services.gateway.bootstrap import create_app
 from services.gateway.settings import GatewaySettings
-from services.shared.embedded.stack import Endpoints
 from tests.support import unique
 
 pytestmark = pytest.mark.integration

@@ -19,12 +19,12 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from mlflow.entities import AssessmentSource, AssessmentSourceType, Trace
 
-from services.gateway.api import create_app
+from services.cli.devstack.sample_models import wine_data
+from services.cli.devstack.stack import Endpoints
+from services.gateway.adapters.trace_export import TRACE_EXPORTS
+from services.gateway.adapters.tracing import PredictionTracer
+from services.gateway.bootstrap import create_app
 from services.gateway.settings import GatewaySettings
-from services.gateway.trace_export import TRACE_EXPORTS
-from services.gateway.tracing import PredictionTracer
-from services.shared.embedded.stack import Endpoints
-from services.shared.sample_models import wine_data
 from tests.support import unique
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from services.shared.embedded.kafka import KafkaCluster, apache_kafka_availability, start_kafka_cluster
+from services.cli.devstack.kafka import KafkaCluster, apache_kafka_availability, start_kafka_cluster
 
 pytestmark = pytest.mark.integration
 

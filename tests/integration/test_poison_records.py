@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from events import ALIAS_CHANGED, AliasChanged, AliasSource
-from services.gateway.request_log import RequestLog, ServedRequest
-from services.gateway.trace_export import TraceExportProcess
-from services.registry_watcher.alias_state import AliasStateStore
-from services.registry_watcher.outbox import OutboxRelay
-from services.shared.embedded.stack import Endpoints
+from services.cli.devstack.stack import Endpoints
+from services.gateway.adapters.request_log import RequestLog, ServedRequest
+from services.gateway.adapters.trace_export import TraceExportProcess
+from services.registry_watcher.adapters.alias_state import AliasStateStore
+from services.registry_watcher.adapters.outbox import OutboxRelay
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys, async_redis

@@ -23,24 +23,19 @@ import pytest
 from mlflow import MlflowClient
 
 from events import RETRAINING_FINISHED, RetrainingFinished, RetrainingRequested
-from services.feedback_aggregation.core.examples import ExampleRow
-from services.feedback_aggregation.dataset_writer import MANIFEST, write_dataset
-from services.retrainer.core.gates import ACCURACY, GATE_NAMES
-from services.retrainer.handler import (
-    TAG_DATASET_RUN,
-    TAG_EVENT,
-    TAG_OUTCOME,
-    TAG_VERSION,
-    Outcome,
-    RetrainHandler,
-)
+from services.cli.devstack.sample_models import register_wine_version, wine_data
+from services.cli.devstack.stack import Endpoints
+from services.feedback_aggregation.adapters.dataset_writer import write_dataset
+from services.feedback_aggregation.domain.examples import ExampleRow
+from services.retrainer.adapters.mlflow_runs import TAG_DATASET_RUN, TAG_EVENT, TAG_OUTCOME, TAG_VERSION
+from services.retrainer.domain.gates import ACCURACY, GATE_NAMES
+from services.retrainer.domain.outcome import Outcome
+from services.retrainer.handlers import RetrainHandler
 from services.retrainer.settings import RetrainerSettings
-from services.shared.embedded.process import free_port
-from services.shared.embedded.stack import Endpoints
+from services.shared.dataset_manifest import MANIFEST
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.mlflow_registry import RegistryAdapter
-from services.shared.sample_models import register_wine_version, wine_data
 from tests.support import TopicReader, start_service, unique
 
 pytestmark = pytest.mark.integration
@@ -244,7 +239,7 @@ def test_passing_gates_register_a_better_challenger(
     assert again.outcome is Outcome.DUPLICATE
     assert again.recorded_outcome == "challenger" and again.run_id == result.run_id and again.version == "2"
     assert versions_of(uri, model) == ["1", "2"]
-    assert len(handler.runs_of(event)) == 1
+    assert len(handler.runs.runs_of(event)) == 1
 
 
 # --- refused and failing -----------------------------------------------------------------------------
@@ -281,7 +276,7 @@ def test_tampered_dataset_is_refused_and_nothing_registered(
     run_id, _ = publish_dataset(uri, model, feedback_rows(model, 30), tmp_path, tamper=tamper)
     handler = RetrainHandler(settings_for(stack))
 
-    result = asyncio.run(handler.handle(request(model, run_id)))
+    result = asyncio.run(handler.handle_event(request(model, run_id)))
 
     assert result.outcome is Outcome.DATASET_REJECTED
     assert "manifest_mismatch" in result.message and "sha256" in result.message
@@ -375,16 +370,16 @@ def test_repeated_infrastructure_failures_are_recorded_not_dropped(
     )
     event = request(model, run_id)
 
-    result = asyncio.run(handler.handle(event))
+    result = asyncio.run(handler.handle_event(event))
 
     assert trainer.calls == 3
     assert result.outcome is Outcome.FAILED
     assert "gave up after 3 attempts" in result.message and "ConnectionError" in result.message
-    outcomes = sorted(r.data.tags[TAG_OUTCOME] for r in handler.runs_of(event))
+    outcomes = sorted(r.data.tags[TAG_OUTCOME] for r in handler.runs.runs_of(event))
     assert outcomes == ["failed", "interrupted", "interrupted", "interrupted"]
     assert versions_of(uri, model) == ["1"] and aliases_of(uri, model) == {"champion": v1}
     # a redelivery after the recorded failure does not try again
-    assert asyncio.run(handler.handle(event)).outcome is Outcome.DUPLICATE
+    assert asyncio.run(handler.handle_event(event)).outcome is Outcome.DUPLICATE
     assert trainer.calls == 3
     # ... and both handlings ended in the same RetrainingFinished (failed)
     finished = TopicReader(stack, RETRAINING_FINISHED)
@@ -441,10 +436,11 @@ def test_worker_end_to_end_through_kafka(
     env = {
         "FLYWHEEL_MODELS": model,
         "FLYWHEEL_RETRAINER_GROUP_ID": unique("retrainer"),
-        "FLYWHEEL_RETRAINER_WEB_PORT": str(free_port()),
         "FLYWHEEL_LOG_LEVEL": "INFO",
     }
-    proc, _ = start_service("retrainer", stack, tmp_path, env)
+    proc, port = start_service(
+        "retrainer", stack, tmp_path, env, port_var="FLYWHEEL_RETRAINER_WEB_PORT", health_path="/readyz"
+    )
     publisher = KafkaPublisher(
         stack.kafka_bootstrap_servers, profile_named(stack.kafka_profile), client_id="tests"
     )
@@ -467,7 +463,7 @@ def test_worker_end_to_end_through_kafka(
         assert ratio.value is not None and ratio.value > 0  # candidate vs champion timed side by side
         assert aliases_of(uri, model) == {"champion": v1, "challenger": "2"}
         assert versions_of(uri, model) == ["1", "2"]
-        log_text = (tmp_path / "retrainer-worker.log").read_text()
+        log_text = (tmp_path / f"retrainer-{port}.log").read_text()
         assert "challenger version 2" in log_text and "duplicate" in log_text
     finally:
         finished.close()
@@ -485,7 +481,7 @@ def register_dspy_base(uri: str, name: str) -> str:
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    from services.shared.sample_models import standard_tags
+    from services.shared.mlflow_conventions import standard_tags
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("tests/retrainer")

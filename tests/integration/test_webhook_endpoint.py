@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from events import AliasChanged
-from services.registry_watcher.api import create_app
+from services.cli.devstack.process import free_port
+from services.cli.devstack.stack import Endpoints
+from services.registry_watcher.bootstrap import create_app
 from services.registry_watcher.settings import WatcherSettings
-from services.shared.embedded.process import free_port
-from services.shared.embedded.stack import Endpoints
 from tests.support import TopicReader, alias_payload, signed_headers, unique
 
 SECRET = "webhook-secret-for-tests"

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events import AliasChanged
-from services.registry_watcher.api import create_app
-from services.registry_watcher.core.signature import sign
-from services.shared.embedded.stack import Endpoints
+from services.cli.devstack.stack import Endpoints
+from services.registry_watcher.bootstrap import create_app
+from services.registry_watcher.domain.signature import sign
 from tests.integration.test_webhook_endpoint import SECRET, settings_for
 from tests.support import TopicReader, unique
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import AliasAction, AliasChanged, AliasSource
-from services.cache_invalidation.core.apply import (
+from services.cache_invalidation.adapters.resolution_writer import glob_escape, model_cache_pattern
+from services.cache_invalidation.domain.apply import (
     AlreadyApplied,
     Applied,
     Stale,
@@ -22,7 +23,6 @@ from services.cache_invalidation.core.apply import (
     notice_for,
     replay,
 )
-from services.cache_invalidation.resolution_writer import glob_escape, model_cache_pattern
 from services.shared.redis_store import RedisKeys
 from services.shared.resolution import ResolutionEntry
 

@@ -14,7 +14,7 @@ from scipy import stats
 
 from events import CanaryDecision, CanaryDecisionKind, FeedbackRating, FeedbackRecorded, InferenceRecorded
 from events.codec import decode, encode
-from services.canary_rollout.core import (
+from services.canary_rollout.domain import (
     CheckStatus,
     DecisionRecord,
     DeleteAlias,

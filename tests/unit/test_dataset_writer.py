@@ -16,17 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events import DatasetFile, DatasetPublished
-from services.feedback_aggregation.core.examples import COLUMNS, ExampleRow
-from services.feedback_aggregation.dataset_writer import (
-    MANIFEST,
+from services.feedback_aggregation.adapters.dataset_writer import (
     SCHEMA,
     DatasetExistsError,
-    ManifestMismatch,
     export_rows,
     read_rows,
-    verify_manifest,
     write_dataset,
 )
+from services.feedback_aggregation.domain.examples import COLUMNS, ExampleRow
+from services.shared.dataset_manifest import MANIFEST, ManifestMismatch, verify_manifest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

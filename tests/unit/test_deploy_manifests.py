@@ -3,7 +3,7 @@
 docker-compose.yml, deploy/Dockerfile and every YAML document under deploy/k8s are parsed (PyYAML, no
 Docker engine needed) and checked against the code: service names (services/cli/runners.py), environment
 variables and ports (the pydantic-settings classes), probe paths (services/shared/http_ops.py) and the
-MLflow server's webhook environment (services/shared/embedded/servers.py). Expectations are derived from
+MLflow server's webhook environment (services/cli/devstack/servers.py). Expectations are derived from
 the code, so a new service (a name in runners.SERVICES plus a settings class in its package) is covered
 without changing this file.
 """
@@ -30,8 +30,8 @@ from fastapi.routing import APIRoute
 from pydantic import AliasChoices
 
 import services
+from services.cli.devstack.servers import mlflow_server_env
 from services.cli.runners import SERVICES
-from services.shared.embedded.servers import mlflow_server_env
 from services.shared.http_ops import add_ops_routes
 from services.shared.settings import FlywheelSettings
 
@@ -560,11 +560,11 @@ def test_mlflow_server_has_the_embedded_webhook_environment() -> None:
 
 def test_webhook_registration_targets_the_watcher_route() -> None:
     """`flywheel webhook register --url URL`: URL's path is the watcher's webhook route."""
-    from services.registry_watcher.api import create_app
+    from services.registry_watcher.bootstrap import create_app
     from services.registry_watcher.settings import WatcherSettings
 
     app = create_app(WatcherSettings(), background=False)
-    post_paths = {r.path for r in app.routes if isinstance(r, APIRoute) and "POST" in (r.methods or ())}
+    post_paths = {path for path, ops in app.openapi()["paths"].items() if "post" in ops}
     registrations = [c for c in all_containers() if c.flywheel and c.argv[1:3] == ["webhook", "register"]]
     assert {c.platform for c in registrations} == {"compose", "k8s"}
     for c in registrations:

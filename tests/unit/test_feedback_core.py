@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import FeedbackRating, FeedbackRecorded, InferenceRecorded, RetrainingRequested
-from services.feedback_aggregation.core.aggregates import (
+from services.feedback_aggregation.domain.aggregates import (
     AggregateConfig,
     AggregateState,
     Aggregator,
@@ -23,8 +23,8 @@ from services.feedback_aggregation.core.aggregates import (
     report,
     state_key,
 )
-from services.feedback_aggregation.core.examples import COLUMNS, ExampleRow, build_examples
-from services.feedback_aggregation.core.triggers import (
+from services.feedback_aggregation.domain.examples import COLUMNS, ExampleRow, build_examples
+from services.feedback_aggregation.domain.triggers import (
     FeedbackSignal,
     TriggerPolicy,
     TriggerState,

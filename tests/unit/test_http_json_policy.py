@@ -130,9 +130,9 @@ def test_every_service_app_builds_and_documents_its_statuses() -> None:
     each app and its OpenAPI catches a pattern it cannot compile before any service is started."""
     from unittest.mock import MagicMock
 
-    from services.canary_rollout.api import create_api
-    from services.gateway.api import create_app as gateway_app
-    from services.registry_watcher.api import create_app as watcher_app
+    from services.canary_rollout.entrypoints.http import create_api
+    from services.gateway.bootstrap import create_app as gateway_app
+    from services.registry_watcher.bootstrap import create_app as watcher_app
 
     service = MagicMock()
     apps = {"gateway": gateway_app(), "watcher": watcher_app(), "canary": create_api(service)}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.shared.embedded import kafka, stack
-from services.shared.embedded.kafka import KafkaCluster, KafkaNode
+from services.cli.devstack import kafka, stack
+from services.cli.devstack.kafka import KafkaCluster, KafkaNode
 
 
 def test_explicit_choices_win_and_unknown_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from services.gateway.model_manager import CacheStats, ModelManager, ModelRef
+from services.gateway.domain.model_manager import CacheStats, ModelManager, ModelRef
 
 
 @dataclass(eq=False)

@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 
 from events import AliasChanged, AliasSource, InferenceRecorded, decode, encode
-from services.gateway.inference_events import InferenceEmitter
-from services.registry_watcher.outbox import _split_poison
+from services.gateway.adapters.inference_events import InferenceEmitter
+from services.registry_watcher.adapters.outbox import _split_poison
 from services.shared.kafka.publisher import Record
 
 

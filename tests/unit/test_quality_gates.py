@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.retrainer.core import (
+from services.retrainer.domain import (
     ACCURACY,
     DATA_SCHEMA,
     GATE_NAMES,
@@ -130,7 +130,7 @@ def test_latency_ratio_without_a_timed_champion_passes_and_the_ceiling_still_app
 
 
 def test_empty_report_does_not_pass() -> None:
-    from services.retrainer.core import GateReport
+    from services.retrainer.domain import GateReport
 
     assert not GateReport(()).passed
 
@@ -402,7 +402,7 @@ def test_split_holdout_is_deterministic_stable_and_never_empty() -> None:
 
 
 def test_side_by_side_timing_interleaves_and_keeps_the_median_of_repeats() -> None:
-    from services.retrainer.training import timed_side_by_side
+    from services.retrainer.adapters.training import timed_side_by_side
 
     calls: list[str] = []
     spikes = iter([50.0, 0.0, 0.0])  # the candidate's first call on row 0 meets a load spike

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from events import RetrainingFinished, RetrainingRequested, decode, encode
 from events.schema_export import SCHEMA_DIR
-from services.retrainer.core.gates import GateThresholds, Measurements, evaluate_gates
-from services.retrainer.handler import Outcome, RetrainResult, finished_event
+from services.retrainer.domain.gates import GateThresholds, Measurements, evaluate_gates
+from services.retrainer.domain.outcome import Outcome, RetrainResult, finished_event
 
 REQUEST = RetrainingRequested(
     producer="tests",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.registry_watcher.core.signature import RejectReason, SignatureRejected, sign, verify
+from services.registry_watcher.domain.signature import RejectReason, SignatureRejected, sign, verify
 
 SECRET = "s3cret"
 BODY = b'{"entity":"model_version_alias"}'

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.registry_watcher.core.alias_diff import diff_aliases
-from services.registry_watcher.core.webhook import (
+from services.registry_watcher.domain.alias_diff import diff_aliases
+from services.registry_watcher.domain.webhook import (
     AliasObservation,
     IgnoredEvent,
     PayloadError,

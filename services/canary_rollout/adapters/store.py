@@ -1,0 +1,74 @@
+"""Redis persistence of the canary service: rollout state per model, the traffic split, decision history,
+and the alias view (champion/challenger versions as the alias-changed stream told us)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from services.canary_rollout.domain import DecisionRecord, RolloutMachine, RolloutPolicy
+from services.shared.redis_store import RedisKeys
+from services.shared.traffic import TrafficSplit
+
+HISTORY = 500  # decisions kept per model for the dashboard
+
+
+class RolloutStore:
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def load(self, model: str, policy: RolloutPolicy) -> RolloutMachine:
+        raw = await self.redis.get(self.keys.rollout_state(model))
+        if raw:
+            return RolloutMachine.from_json(raw, policy)
+        return RolloutMachine(model, policy)
+
+    async def save(self, machine: RolloutMachine) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.rollout_state(machine.model), machine.to_json())
+            pipe.sadd(self.keys.rollout_models(), machine.model)
+            await pipe.execute()
+
+    async def models(self) -> set[str]:
+        return cast(set[str], await self.redis.smembers(self.keys.rollout_models()))
+
+    async def set_split(
+        self, model: str, rollout_id: str, weight: float, champion: str | None, challenger: str | None
+    ) -> None:
+        split = TrafficSplit(
+            model=model,
+            rollout_id=rollout_id,
+            weight=weight,
+            champion_version=champion,
+            challenger_version=challenger,
+            updated_at=datetime.now(UTC),
+        )
+        await self.redis.set(self.keys.traffic_split(model), split.model_dump_json())
+
+    async def split(self, model: str) -> TrafficSplit | None:
+        raw = await self.redis.get(self.keys.traffic_split(model))
+        return TrafficSplit.model_validate_json(raw) if raw else None
+
+    async def append_decision(self, record: DecisionRecord) -> None:
+        key = self.keys.rollout_decisions(record.model)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, record.model_dump_json())
+            pipe.ltrim(key, -HISTORY, -1)
+            await pipe.execute()
+
+    async def decisions(self, model: str) -> list[DecisionRecord]:
+        raw = cast(list[str], await self.redis.lrange(self.keys.rollout_decisions(model), 0, -1))
+        return [DecisionRecord.model_validate_json(r) for r in raw]
+
+    async def aliases(self, model: str) -> dict[str, str]:
+        return cast(dict[str, str], await self.redis.hgetall(self.keys.rollout_aliases(model)))
+
+    async def set_alias(self, model: str, alias: str, version: str | None) -> None:
+        key = self.keys.rollout_aliases(model)
+        if version is None:
+            await self.redis.hdel(key, alias)
+        else:
+            await self.redis.hset(key, alias, version)

@@ -1,0 +1,111 @@
+"""Control API and dashboard of the canary rollout service (DESIGN.md "canary control").
+
+Reads are open; admin actions (promote, abort, pause, resume) need `Authorization: Bearer
+$FLYWHEEL_ADMIN_TOKEN` (401 without or with a wrong token; 403 while no token is configured, so an
+unconfigured service cannot be driven by anyone). The token is checked before the body is read. An
+action that does not apply to the rollout's state answers 409 naming the state.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from services.canary_rollout.domain import InvalidTransition
+from services.canary_rollout.handlers import ADMIN_ACTIONS, RolloutService
+from services.shared import http_json
+from services.shared.http_ops import add_ops_routes
+from services.shared.identifiers import ModelName
+
+
+class AdminAction(BaseModel):
+    reason: str | None = Field(default=None, max_length=500)
+    actor: str | None = Field(default=None, max_length=200, description="Who acts (default: admin).")
+
+
+def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True) -> FastAPI:
+    """The control API; `ready` says whether the worker behind it consumes (its /readyz)."""
+    app = FastAPI(title="Flywheel canary rollout", version="0.1.0")
+    http_json.install(app)
+
+    async def worker_ready() -> bool:
+        return ready()
+
+    add_ops_routes(app, lambda: {"worker": worker_ready})
+
+    async def require_admin(request: Request) -> None:
+        """Runs before the body is read (authorized_routes): no token, no validation feedback."""
+        token = service.settings.admin_token
+        if token is None:
+            raise HTTPException(403, detail="admin actions are disabled: FLYWHEEL_ADMIN_TOKEN is not set")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            given.encode("utf-8", "surrogateescape"), token.get_secret_value().encode()
+        ):
+            raise HTTPException(
+                401, detail="missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    admin = APIRouter(route_class=http_json.authorized_routes(require_admin))
+
+    @app.get("/v1/rollouts", tags=["canary"])
+    async def list_rollouts() -> dict[str, Any]:
+        views = [v for m in sorted(service.machines) if (v := service.view(m)) is not None]
+        return {"rollouts": views}
+
+    @app.get("/v1/rollouts/{model}", tags=["canary"], responses={404: {"description": "No rollout."}})
+    async def get_rollout(model: ModelName) -> dict[str, Any]:
+        view = service.view(model)
+        if view is None:
+            raise HTTPException(404, detail=f"no rollout for model {model!r}")
+        decisions = await service.store.decisions(model)
+        view["decisions"] = [
+            d.model_dump(mode="json") for d in decisions if d.rollout_id == view["rollout_id"]
+        ]
+        split = await service.store.split(model)
+        view["traffic_split"] = split.model_dump(mode="json") if split else None
+        return view
+
+    @admin.post(
+        "/v1/rollouts/{model}/{action}",
+        tags=["canary"],
+        responses={
+            401: {"description": "Missing or invalid bearer token (checked before anything else)."},
+            404: {"description": "Unknown action, or no rollout for the model."},
+            409: {"description": "The action does not apply to the rollout's state."},
+            413: {"description": "Body larger than the limit."},
+            422: {"description": "Invalid body; `field` names the culprit."},
+            403: {"description": "Admin actions are disabled (no FLYWHEEL_ADMIN_TOKEN)."},
+        },
+    )
+    async def act(model: ModelName, action: str, body: AdminAction | None = None) -> dict[str, Any]:
+        if action not in ADMIN_ACTIONS:
+            raise HTTPException(
+                404, detail=f"unknown action {action!r}; expected one of {', '.join(ADMIN_ACTIONS)}"
+            )
+        if service.view(model) is None:
+            raise HTTPException(404, detail=f"no rollout for model {model!r}")
+        body = body or AdminAction()
+        try:
+            outcome = await service.admin(model, action, body.actor or "admin", body.reason)
+        except InvalidTransition as exc:
+            raise HTTPException(409, detail=str(exc)) from exc
+        return {
+            "decisions": [d.model_dump(mode="json") for d in outcome.decisions],
+            "rollout": service.view(model),
+        }
+
+    app.include_router(admin)
+
+    @app.get("/rollouts", response_class=HTMLResponse, tags=["canary"])
+    async def dashboard() -> HTMLResponse:
+        html = resources.files("services.canary_rollout").joinpath("templates/dashboard.html").read_text()
+        return HTMLResponse(html)
+
+    return app

@@ -1,0 +1,173 @@
+"""The canary rollout service: feeds registry events, observations, clock ticks and admin actions into
+one `RolloutMachine` per model, executes what it decides, and persists it.
+
+All inputs run on one event loop; a per-model lock serialises the inputs that decide (registry events,
+ticks, admin actions) with their command execution, so a decision's effects are applied before the next
+decision about the same model is taken. Observations only count (no I/O) and are persisted with the next
+tick; a crash loses at most one tick of samples, never a decision (commands are executed, then the state
+is saved, then the event's offset is committed; a replay repeats decisions with the same event ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from events import AliasChanged, FeedbackRecorded, InferenceRecorded
+from services.canary_rollout import metrics
+from services.canary_rollout.adapters.executor import CommandExecutor
+from services.canary_rollout.adapters.store import RolloutStore
+from services.canary_rollout.domain import Outcome, RolloutMachine
+from services.canary_rollout.settings import CanarySettings
+from services.shared.mlflow_registry import RegistryAdapter
+
+log = logging.getLogger(__name__)
+
+ADMIN_ACTIONS = ("promote", "abort", "pause", "resume")
+
+
+class RolloutService:
+    def __init__(
+        self,
+        settings: CanarySettings,
+        store: RolloutStore,
+        executor: CommandExecutor,
+        registry: RegistryAdapter,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.executor = executor
+        self.registry = registry
+        self.policy = settings.policy()
+        self.machines: dict[str, RolloutMachine] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._dirty: set[str] = set()
+
+    async def machine(self, model: str) -> RolloutMachine:
+        machine = self.machines.get(model)
+        if machine is None:
+            machine = await self.store.load(model, self.policy)
+            self.machines[model] = machine
+        return machine
+
+    async def restore(self) -> None:
+        """Load every persisted rollout, so active ones keep being evaluated after a restart."""
+        for model in await self.store.models():
+            if self.settings.watches(model):
+                machine = await self.machine(model)
+                if machine.active is not None:
+                    log.info(
+                        "resuming rollout %s of %s at step %d",
+                        machine.active.rollout_id,
+                        model,
+                        machine.active.step,
+                    )
+
+    async def _apply(self, machine: RolloutMachine, outcome: Outcome) -> None:
+        if outcome.commands:
+            await self.executor.execute(machine, outcome.commands)
+        await self.store.save(machine)
+        self._dirty.discard(machine.model)
+        rollout = machine.rollout
+        metrics.WEIGHT.labels(machine.model).set(rollout.weight if rollout and rollout.active else 0)
+
+    async def on_alias_changed(self, event: AliasChanged) -> None:
+        if not self.settings.watches(event.model):
+            return
+        champion, challenger = self.settings.champion_alias, self.settings.challenger_alias
+        if event.alias not in (champion, challenger):
+            return
+        async with self._locks[event.model]:
+            machine = await self.machine(event.model)
+            await self.store.set_alias(event.model, event.alias, event.version)
+            now = event.occurred_at
+            if event.alias == challenger:
+                if event.version is None:
+                    outcome = machine.challenger_deleted(now)
+                else:
+                    champion_version = await self._champion_version(event.model)
+                    outcome = machine.challenger_set(event.version, champion_version, now)
+            else:
+                outcome = machine.champion_moved(event.version, now)
+            await self._apply(machine, outcome)
+
+    async def _champion_version(self, model: str) -> str | None:
+        known = (await self.store.aliases(model)).get(self.settings.champion_alias)
+        if known is not None:
+            return known
+        return await asyncio.to_thread(self.registry.version_by_alias, model, self.settings.champion_alias)
+
+    async def on_inference(self, event: InferenceRecorded) -> None:
+        machine = self.machines.get(event.model)
+        if machine is None and event.rollout_id is not None and self.settings.watches(event.model):
+            machine = await self.machine(event.model)
+        if machine is not None and machine.observe_inference_event(event):
+            metrics.OBSERVATIONS.labels("inference").inc()
+            self._dirty.add(event.model)
+
+    async def on_feedback(self, event: FeedbackRecorded) -> None:
+        machine = self.machines.get(event.model)
+        if machine is not None and machine.observe_feedback_event(event):
+            metrics.OBSERVATIONS.labels("feedback").inc()
+            self._dirty.add(event.model)
+
+    async def tick(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        for model, machine in list(self.machines.items()):
+            if machine.active is None and model not in self._dirty:
+                continue
+            async with self._locks[model]:
+                outcome = machine.tick(now)
+                if outcome.commands or model in self._dirty:
+                    await self._apply(machine, outcome)
+
+    async def admin(self, model: str, action: str, actor: str, reason: str | None = None) -> Outcome:
+        """promote | abort | pause | resume; raises InvalidTransition (-> 409) when not applicable."""
+        if action not in ADMIN_ACTIONS:
+            raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ADMIN_ACTIONS)}")
+        async with self._locks[model]:
+            machine = await self.machine(model)
+            outcome: Outcome = getattr(machine, action)(actor, datetime.now(UTC), reason)
+            await self._apply(machine, outcome)
+            return outcome
+
+    def view(self, model: str) -> dict[str, Any] | None:
+        """JSON view of a model's current/last rollout for the API and dashboard."""
+        machine = self.machines.get(model)
+        if machine is None or machine.rollout is None:
+            return None
+        r = machine.rollout
+        return {
+            "model": model,
+            "rollout_id": r.rollout_id,
+            "status": r.status.value,
+            "active": r.active,
+            "step": r.step,
+            "weight": r.weight,
+            "weights": list(r.policy.weights),
+            "champion_version": r.champion_version,
+            "challenger_version": r.challenger_version,
+            "failed_checks": r.failed_checks,
+            "started_at": r.started_at.isoformat(),
+            "step_started_at": r.step_started_at.isoformat(),
+            "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+            "totals": {
+                "champion": _counts(r.champion_total),
+                "challenger": _counts(r.challenger_total),
+            },
+            "last_decision": r.last_decision.model_dump(mode="json") if r.last_decision else None,
+        }
+
+
+def _counts(counts: Any) -> dict[str, Any]:
+    return {
+        "requests": counts.requests,
+        "errors": counts.errors,
+        "error_rate": counts.error_rate,
+        "thumbs_up": counts.thumbs_up,
+        "thumbs_down": counts.thumbs_down,
+        "thumbs_up_rate": counts.thumbs_up_rate,
+    }

@@ -1,0 +1,181 @@
+"""DataExporter: training data straight from MLflow traces with feedback (the source of truth).
+
+Parity with the toolkit it replaces (REFERENCE.md): `query_traces_with_feedback(model_name, rating,
+start_date, end_date, limit)`, `export_training_data(traces, format, path)` and `export_streaming(model_name,
+rating, format, path, ...)` for large volumes (page by page, never all traces in memory). Each example
+uses the user's `corrected_output` when one was given, else the original output; a thumbs-down without a
+correction is not a usable example and is skipped (and counted). Formats: csv, json, jsonl, parquet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Trace
+
+from events import DatasetFile
+from services.feedback_aggregation.adapters.dataset_writer import ExportFormat, export_rows
+from services.feedback_aggregation.domain.examples import ExampleRow
+
+RATINGS = ("thumbs_up", "thumbs_down")
+PAGE = 200
+
+
+def _ms(when: datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _jsonish(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+class DataExporter:
+    def __init__(self, tracking_uri: str, trace_experiment: str = "flywheel/serving") -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.trace_experiment = trace_experiment
+        self.skipped = 0
+
+    def _locations(self) -> list[str]:
+        experiment = self.client.get_experiment_by_name(self.trace_experiment)
+        return [experiment.experiment_id] if experiment else []
+
+    def _filter(
+        self, model_name: str, rating: str | None, start: datetime | None, end: datetime | None
+    ) -> str:
+        if rating is not None and rating not in RATINGS:
+            raise ValueError(f"rating must be one of {', '.join(RATINGS)}, got {rating!r}")
+        clauses = [f"metadata.`flywheel.model` = '{model_name.replace(chr(39), '')}'"]
+        if rating:
+            clauses.append(f"feedback.user_rating = '{rating}'")
+        if start:
+            clauses.append(f"trace.timestamp_ms >= {_ms(start)}")
+        if end:
+            clauses.append(f"trace.timestamp_ms < {_ms(end)}")
+        return " AND ".join(clauses)
+
+    def iter_traces(
+        self,
+        model_name: str,
+        rating: str | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Trace]:
+        """Traces of `model_name` with the given rating, page by page (oldest first)."""
+        locations = self._locations()
+        if not locations:
+            return
+        token: str | None = None
+        seen = 0
+        filter_string = self._filter(model_name, rating, start_date, end_date)
+        while True:
+            page = self.client.search_traces(
+                locations=locations,
+                filter_string=filter_string,
+                max_results=PAGE if limit is None else min(PAGE, limit - seen),
+                order_by=["timestamp_ms ASC"],
+                page_token=token,
+            )
+            for trace in page:
+                yield trace
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            token = page.token
+            if not token:
+                return
+
+    def query_traces_with_feedback(
+        self,
+        model_name: str,
+        rating: str | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[Trace]:
+        return list(self.iter_traces(model_name, rating, start_date, end_date, limit))
+
+    def to_example(self, trace: Trace, rating: str | None = None) -> ExampleRow | None:
+        """One example from a trace: corrected output first, else the original (thumbs-up) output."""
+        info = trace.info
+        meta = dict(info.trace_metadata or {})
+        assessments = list(info.assessments or [])
+        ratings = [a for a in assessments if a.name == "user_rating" and getattr(a, "feedback", None)]
+        corrections = [
+            a for a in assessments if a.name == "corrected_output" and getattr(a, "expectation", None)
+        ]
+        latest_rating = max(ratings, key=lambda a: a.create_time_ms or 0) if ratings else None
+        given = str(latest_rating.feedback.value) if latest_rating and latest_rating.feedback else None
+        root = trace.data.spans[0] if trace.data and trace.data.spans else None
+        inputs = root.inputs if root is not None else None
+        output: Any
+        if corrections:
+            chosen = max(corrections, key=lambda a: a.create_time_ms or 0)
+            expectation = chosen.expectation
+            output, source, who = (expectation.value if expectation else None), "corrected", chosen.source
+        elif latest_rating is not None and given == "thumbs_up" and rating in (None, "thumbs_up"):
+            output, source, who = (
+                (root.outputs if root is not None else None),
+                "thumbs_up",
+                latest_rating.source,
+            )
+        else:
+            self.skipped += 1
+            return None
+        feedback_ms = max((a.create_time_ms or 0) for a in [*ratings, *corrections]) or info.request_time
+        return ExampleRow(
+            request_id=meta.get("flywheel.request_id", info.client_request_id or info.trace_id),
+            model=meta.get("flywheel.model", ""),
+            version=meta.get("flywheel.version", ""),
+            inputs=_jsonish(inputs),
+            output=_jsonish(output),
+            source=source,  # type: ignore[arg-type]
+            rating=given or "thumbs_down",
+            user_id=getattr(who, "source_id", None),
+            feedback_at=datetime.fromtimestamp(feedback_ms / 1000, tz=UTC),
+            served_at=datetime.fromtimestamp(info.request_time / 1000, tz=UTC),
+            trace_id=info.trace_id,
+        )
+
+    def examples(self, traces: Iterable[Trace], rating: str | None = None) -> Iterator[ExampleRow]:
+        for trace in traces:
+            row = self.to_example(trace, rating)
+            if row is not None:
+                yield row
+
+    def export_training_data(self, traces: Iterable[Trace], fmt: ExportFormat, path: Path) -> DatasetFile:
+        return export_rows(self.examples(traces), Path(path), fmt, overwrite=True)
+
+    def export_streaming(
+        self,
+        model_name: str,
+        rating: str | None,
+        fmt: ExportFormat,
+        path: Path,
+        *,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        limit: int | None = None,
+        on_trace: Callable[[], None] | None = None,
+    ) -> DatasetFile:
+        """Stream matching traces into `path` without holding them all in memory."""
+
+        def counted() -> Iterator[Trace]:
+            for trace in self.iter_traces(model_name, rating, start_date, end_date, limit):
+                if on_trace is not None:
+                    on_trace()
+                yield trace
+
+        return export_rows(self.examples(counted(), rating), Path(path), fmt, overwrite=True)

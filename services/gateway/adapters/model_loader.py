@@ -1,0 +1,178 @@
+"""Loading a registered model version from MLflow into something the gateway can call.
+
+Two flavours are served: MLflow pyfunc (sklearn and anything else with a pyfunc flavour) and DSPy
+programs logged with `mlflow.dspy.log_model`, loaded natively with `mlflow.dspy.load_model` so the
+program (not a pyfunc wrapper) runs with the LM this replica is configured with. The loader always
+loads an exact version: alias resolution happens before, so a loaded object never changes meaning.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+
+from services.gateway.domain.inputs import InputField
+from services.gateway.domain.model_manager import ModelRef
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[list[dict[str, Any]], dict[str, Any]], list[Any]]
+LMFactory = Callable[[list[str]], Any]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model version, ready to serve. Immutable: swapping versions swaps the whole object."""
+
+    name: str
+    version: str
+    flavour: str
+    predict: Predict = field(repr=False)
+    input_fields: tuple[InputField, ...] | None
+    model_id: str | None = None
+    run_id: str | None = None
+    load_seconds: float = 0.0
+
+
+def _pyfunc_fields(pyfunc_model: Any) -> tuple[InputField, ...] | None:
+    schema = pyfunc_model.metadata.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        return None
+    fields = []
+    for spec in schema.inputs:
+        type_name = getattr(getattr(spec, "type", None), "name", "any")
+        fields.append(InputField(spec.name, str(type_name), bool(getattr(spec, "required", True))))
+    return tuple(fields)
+
+
+def _pyfunc_predict(pyfunc_model: Any) -> Predict:
+    def predict(records: list[dict[str, Any]], params: dict[str, Any]) -> list[Any]:
+        frame = pd.DataFrame.from_records(records)
+        result = pyfunc_model.predict(frame, params=params or None)
+        if isinstance(result, pd.DataFrame):
+            return list(result.to_dict(orient="records"))
+        if isinstance(result, pd.Series):
+            return list(result.tolist())
+        if hasattr(result, "tolist"):
+            return list(result.tolist())
+        return list(result) if isinstance(result, list | tuple) else [result]
+
+    return predict
+
+
+def dspy_lm_factory(model: str | None, api_key: str | None = None, api_base: str | None = None) -> LMFactory:
+    """The LM a DSPy program runs with, from configuration (any LiteLLM model string).
+
+    `dummy` gives DSPy's own DummyLM answering every output field with a fixed text (tests, demos).
+    """
+
+    def make(output_fields: list[str]) -> Any:
+        import dspy
+        from dspy.utils.dummies import DummyLM
+
+        if model is None:
+            return None  # use whatever the program was saved with
+        if model == "dummy":
+            return DummyLM(itertools.repeat({name: f"dummy {name}" for name in output_fields}))
+        kwargs: dict[str, Any] = {}
+        if api_key:
+            kwargs["api_key"] = api_key
+        if api_base:
+            kwargs["api_base"] = api_base
+        return dspy.LM(model, **kwargs)
+
+    return make
+
+
+def _dspy_predict(program: Any, lm: Any) -> Predict:
+    import dspy
+
+    def predict(records: list[dict[str, Any]], params: dict[str, Any]) -> list[Any]:
+        outputs = []
+        # dspy.context is thread-local and safe from worker threads (dspy.configure is not).
+        with dspy.context(lm=lm) if lm is not None else dspy.context():
+            for record in records:
+                prediction = program(**record, **params)
+                outputs.append(dict(prediction.toDict()) if hasattr(prediction, "toDict") else prediction)
+        return outputs
+
+    return predict
+
+
+def _dspy_fields(program: Any) -> tuple[tuple[InputField, ...], list[str]]:
+    predictors = program.predictors() if hasattr(program, "predictors") else []
+    if not predictors:
+        return (), []
+    inputs = tuple(InputField(n, "string") for n in predictors[0].signature.input_fields)
+    outputs = list(predictors[-1].signature.output_fields)
+    return inputs, outputs
+
+
+def warm_up() -> None:
+    """Import the heavy flavour modules once at start-up, so the first preload is not seconds slower."""
+    import importlib
+
+    for module in ("mlflow.pyfunc", "mlflow.sklearn", "sklearn.pipeline", "sklearn.linear_model"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            log.debug("flavour module %s not installed", module)
+
+
+class MlflowModelLoader:
+    """`ModelRef -> LoadedModel` against one tracking server (the ModelManager's loader)."""
+
+    def __init__(self, tracking_uri: str, lm_factory: LMFactory | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._lm_factory = lm_factory or dspy_lm_factory(None)
+
+    def resolve(self, name: str, alias: str) -> str | None:
+        """The version an alias points to in MLflow now (None when the alias does not exist)."""
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except Exception as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "INVALID_PARAMETER_VALUE" in str(exc):
+                return None
+            raise
+
+    def __call__(self, ref: ModelRef) -> LoadedModel:
+        version = ref.version if ref.version is not None else self.resolve(ref.name, ref.alias or "")
+        if version is None:
+            raise LookupError(f"model {ref.name!r} has no alias {ref.alias!r}")
+        started = time.perf_counter()
+        mv = self.client.get_model_version(ref.name, version)
+        uri = f"models:/{ref.name}/{version}"
+        mlflow.set_tracking_uri(self.tracking_uri)
+        info = mlflow.models.get_model_info(uri)
+        flavours = info.flavors or {}
+        if "dspy" in flavours:
+            from mlflow import dspy as mlflow_dspy
+
+            program = mlflow_dspy.load_model(uri)
+            input_fields, output_fields = _dspy_fields(program)
+            lm = self._lm_factory(output_fields)
+            predict, flavour, fields = _dspy_predict(program, lm), "dspy", input_fields or None
+        else:
+            pyfunc_model = mlflow.pyfunc.load_model(uri)
+            predict, flavour, fields = _pyfunc_predict(pyfunc_model), "pyfunc", _pyfunc_fields(pyfunc_model)
+        seconds = time.perf_counter() - started
+        log.info("loaded %s version %s (%s) in %.2fs", ref.name, version, flavour, seconds)
+        return LoadedModel(
+            name=ref.name,
+            version=version,
+            flavour=flavour,
+            predict=predict,
+            input_fields=fields,
+            model_id=getattr(mv, "model_id", None) or info.model_uuid,
+            run_id=mv.run_id,
+            load_seconds=seconds,
+        )

@@ -1,0 +1,149 @@
+"""The trace export child process: reads finished traces (one JSON per line) on stdin and writes them
+to MLflow in batches, at a lower CPU priority. Started by `trace_export.TraceExportProcess`; the
+protocol and the reasons are described there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+from collections import defaultdict
+from typing import IO, Any
+
+from mlflow.entities import Trace, TraceInfo
+
+log = logging.getLogger(__name__)
+
+
+def _spans_unsupported(exc: Exception) -> bool:
+    return isinstance(exc, NotImplementedError) or "span logging is not supported" in str(exc)
+
+
+class _Writer:
+    """Child side: writes batches of traces to MLflow like `MlflowV3SpanExporter._log_trace`."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        from mlflow.tracing.client import TracingClient
+
+        self.client = TracingClient(tracking_uri)
+        self.spans_supported = True
+
+    def write(self, traces: list[Trace]) -> tuple[int, int]:
+        """(exported, failed). Trace infos first (their metadata only travels this way, one call per
+        trace: the server handles them one at a time anyway), then all spans of the batch at once."""
+        from mlflow.tracing.utils import add_size_stats_to_trace_metadata
+
+        started: list[tuple[Trace, TraceInfo]] = []
+        for trace in traces:
+            try:
+                add_size_stats_to_trace_metadata(trace)
+                started.append((trace, self.client.start_trace(trace.info)))
+            except Exception as exc:
+                log.warning("trace %s not written: %s", trace.info.trace_id, exc)
+        failed = len(traces) - len(started)
+        by_experiment: dict[str, list[Any]] = defaultdict(list)
+        for trace, _ in started:
+            if trace.info.experiment_id is not None:
+                by_experiment[trace.info.experiment_id].extend(trace.data.spans)
+        logged: set[str] = set()
+        if self.spans_supported:
+            for experiment_id, spans in by_experiment.items():
+                try:
+                    self.client.log_spans(experiment_id, spans)
+                    logged.add(experiment_id)
+                except Exception as exc:
+                    if _spans_unsupported(exc):
+                        self.spans_supported = False
+                    else:
+                        log.warning("log_spans failed (%s); uploading trace data instead", exc)
+        for trace, info in started:
+            if trace.info.experiment_id in logged:
+                continue
+            try:
+                self.client._upload_trace_data(info, trace.data)
+            except Exception as exc:
+                failed += 1
+                log.warning("spans of trace %s not written: %s", trace.info.trace_id, exc)
+        return len(traces) - failed, failed
+
+
+def _child_main(argv: list[str]) -> None:
+    tracking_uri, batch_size, nice, max_queue = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    drain_s = float(argv[4])
+    acks: IO[str] | None = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    logging.basicConfig(level=logging.WARNING, format="trace-export %(levelname)s %(name)s: %(message)s")
+    deadline_started = threading.Event()
+
+    def exit_soon(*_: object) -> None:
+        """The gateway is going away: keep writing what we have for up to `drain_s`, then exit."""
+        if not deadline_started.is_set():
+            deadline_started.set()
+            timer = threading.Timer(drain_s, os._exit, args=(0,))
+            timer.daemon = True
+            timer.start()
+
+    # A Ctrl-C or SIGTERM to the process group reaches us together with the gateway, which then still
+    # hands over what it has queued: drain instead of dying at once.
+    signal.signal(signal.SIGINT, exit_soon)
+    signal.signal(signal.SIGTERM, exit_soon)
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    writer = _Writer(tracking_uri)
+    # Bounded: when it is full the pipe fills, then the gateway's hand-off queue, then traces are dropped.
+    lines: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
+
+    def read_stdin() -> None:
+        for line in sys.stdin.buffer:
+            lines.put(line)
+        exit_soon()  # EOF: the gateway closed the pipe or died
+        lines.put(None)
+
+    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
+    done = exported = failed = 0
+    eof = False
+    while not eof:
+        raw: list[bytes] = []
+        item = lines.get()
+        while True:
+            if item is None:
+                eof = True
+                break
+            raw.append(item)
+            if len(raw) >= batch_size:
+                break
+            try:
+                item = lines.get_nowait()
+            except queue.Empty:
+                break
+        traces = []
+        for line in raw:
+            try:
+                traces.append(Trace.from_json(line.decode()))
+            except Exception as exc:
+                failed += 1
+                log.warning("unreadable trace: %s", exc)
+        if traces:
+            ok, bad = writer.write(traces)
+            exported += ok
+            failed += bad
+        done += len(raw)
+        if raw and acks is not None:
+            try:
+                acks.write(json.dumps({"done": done, "exported": exported, "failed": failed}) + "\n")
+            except OSError:  # the gateway is gone; keep draining until EOF or the deadline
+                with contextlib.suppress(OSError):
+                    acks.close()
+                acks = None
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

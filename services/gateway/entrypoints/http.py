@@ -1,0 +1,87 @@
+"""HTTP entrypoints of a gateway replica (module-level routers; the use cases are in `handlers.py`).
+
+Status codes: 404 for an unknown model or alias, 422 for inputs that do not match the model's signature
+(the `field` names the culprit, e.g. `inputs[2].alcohol`), 503 when the model cannot be loaded at all,
+502 when the model itself raised. Feedback: 202 `{"feedback_id"}`, 404 for an unknown request, 503 when
+it cannot be recorded now (nothing was counted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from redis.exceptions import RedisError
+
+from services.gateway import handlers
+from services.gateway.entrypoints.deps import GatewayDep
+from services.gateway.schemas import FeedbackRequest, PredictRequest, PredictResponse
+from services.shared import http_json
+from services.shared.identifiers import AliasQuery, ModelName, VersionQuery
+from services.shared.resolution import ResolutionReader
+
+router = APIRouter(route_class=http_json.JsonPolicyRoute)
+
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown model, alias or version, or a model this gateway does not serve."},
+    413: {"description": "Body larger than the limit."},
+    422: {"description": "Invalid body or inputs; `field` names the culprit (e.g. `inputs[3].alcohol`)."},
+    502: {"description": "The model raised while predicting."},
+    503: {"description": "The model cannot be loaded or resolved right now (retry later)."},
+}
+
+
+@router.post(
+    "/v1/models/{name}/predict",
+    response_model=PredictResponse,
+    tags=["serving"],
+    responses=PREDICT_RESPONSES,
+)
+async def predict(
+    gw: GatewayDep,
+    name: ModelName,
+    body: PredictRequest,
+    alias: AliasQuery = None,
+    version: VersionQuery = None,
+) -> PredictResponse:
+    return await handlers.predict(gw, name, body, alias, version)
+
+
+@router.get("/v1/models/{name}", tags=["serving"], responses={404: {"description": "Not served here."}})
+async def model_status(gw: GatewayDep, name: ModelName) -> dict[str, Any]:
+    """Served versions per alias (and since when), resolution cache, reload errors, split, cache stats."""
+    served = gw.table.aliases(name)
+    resolution: dict[str, str | None] = {}
+    try:
+        entries = await ResolutionReader(gw.redis, gw.keys).read(name)
+        resolution = {a: e.version for a, e in entries.items()}
+    except (RedisError, OSError):
+        pass
+    if not served and not resolution:
+        raise HTTPException(404, detail=f"model {name!r} is not served and not in the resolution cache")
+    return {
+        "model": name,
+        "replica": gw.replica,
+        "aliases": served,
+        "swapped_at": gw.table.swapped_at(name),
+        "resolution_cache": resolution,
+        "reload_errors": {a: e for (m, a), e in gw.reloader.last_error.items() if m == name},
+        "traffic_split": split.model_dump(mode="json") if (split := gw.router.split(name)) else None,
+        "cache": gw.manager.get_cache_stats().as_dict(),
+        "inference_events_pending": gw.emitter.pending(),
+    }
+
+
+@router.post(
+    "/v1/feedback",
+    status_code=202,
+    tags=["feedback"],
+    responses={
+        404: {"description": "No served prediction with this request_id / trace_id."},
+        413: {"description": "Body larger than the limit."},
+        422: {"description": "Invalid body; `field` names the culprit."},
+        503: {"description": "MLflow, Redis or Kafka cannot take it now; nothing was counted, retry."},
+    },
+)
+async def feedback(gw: GatewayDep, body: FeedbackRequest) -> dict[str, Any]:
+    return await handlers.record_feedback(gw, body)

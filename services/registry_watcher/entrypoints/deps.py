@@ -1,0 +1,39 @@
+"""The watcher's dependencies, built once per process (bootstrap) and handed to routes (`WatcherDep`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from services.registry_watcher.adapters.alias_state import AliasStateStore
+from services.registry_watcher.adapters.outbox import OutboxRelay
+from services.registry_watcher.entrypoints.poller import RegistryPoller
+from services.registry_watcher.handlers import AliasChangeRecorder
+from services.registry_watcher.settings import WatcherSettings
+from services.shared.kafka.publisher import KafkaPublisher
+from services.shared.redis_store import RedisKeys
+
+
+@dataclass
+class Watcher:
+    """Everything the endpoint needs, built once per process in the lifespan."""
+
+    settings: WatcherSettings
+    redis: Redis
+    keys: RedisKeys
+    state: AliasStateStore
+    publisher: KafkaPublisher
+    relay: OutboxRelay
+    recorder: AliasChangeRecorder
+    poller: RegistryPoller
+
+
+def get_watcher(request: Request) -> Watcher:
+    watcher: Watcher = request.app.state.watcher
+    return watcher
+
+
+WatcherDep = Annotated[Watcher, Depends(get_watcher)]

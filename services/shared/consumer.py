@@ -1,0 +1,259 @@
+"""The one consumer runtime every Flywheel worker runs on (cache invalidation, canary rollout, feedback
+aggregation, retrainer): a table `{topic: (event type, handler)}` and everything around it, once.
+
+What a worker gets, so that its own code is only the use case:
+- **decode**: every message goes through `events.decode` with the subscription's event type; one that
+  is not a readable event of that type (null, not JSON, unknown schema or major version) is skipped,
+  logged ("skipping unreadable message on <topic>: ...") and counted — retrying it cannot help;
+- **batches**: a handler takes a list of messages. With `batch_max=1` it sees one event at a time; with
+  more, the runtime collects what is already queued (or arrives within `batch_within_s`) up to
+  `batch_max`, in partition order, so a handler can make one atomic write per batch;
+- **retry**: a handler that raises is retried with capped exponential back-off until it succeeds (the
+  at-least-once rule: the stream never moves past an event whose effect failed); only a stopping worker
+  ends the retries, and the batch is then delivered again after a restart;
+- **commit after effect**: the stream is consumed without automatic acknowledgement; the runtime
+  acknowledges a batch's messages only once its handler returned, so Faust commits an offset only after
+  the effect is stored;
+- **metrics**: `flywheel_consumer_messages_total{worker,topic,outcome}` (handled, undecodable),
+  `flywheel_consumer_handler_errors_total{worker,topic}`, `flywheel_consumer_batch_seconds{worker,topic}`;
+- **readiness over HTTP** on the worker's web port: `/healthz` (the process answers), `/readyz` (200 once
+  the consumer group assigned this worker its partitions and the start-up tasks finished; 503 before),
+  `/metrics` (Prometheus). Tests and orchestrators wait for `/readyz`, never for a log line.
+
+Timers (periodic work that only time can trigger), start-up tasks (restoring state; retried until they
+succeed) and tasks that run once start-up is done (an HTTP API) are declared beside the subscriptions; a
+timer that fails is logged, counted and runs again at its next tick.
+Faust is used through `services.shared.faust_app` (settings, topics, worker process) and only there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from events import Event, EventDecodeError, decode
+from services.shared.faust_app import event_topic, make_faust_app
+from services.shared.retry import retry_forever
+from services.shared.settings import FlywheelSettings
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter(
+    "flywheel_consumer_messages_total",
+    "Messages consumed, by outcome (handled, undecodable)",
+    ["worker", "topic", "outcome"],
+)
+HANDLER_ERRORS = Counter(
+    "flywheel_consumer_handler_errors_total", "Handler attempts that raised (retried)", ["worker", "topic"]
+)
+BATCH_SECONDS = Histogram(
+    "flywheel_consumer_batch_seconds",
+    "Time a handler took for one batch, retries included",
+    ["worker", "topic"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One consumed event with where it came from (`value` is the raw bytes as on the topic)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    event: Event
+
+
+Handler = Callable[[list[Message]], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    topic: str
+    event_type: type[Event]
+    handle: Handler
+    batch_max: int = 1
+    batch_within_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.batch_max < 1 or self.batch_within_s < 0:
+            raise ValueError("batch_max must be >= 1 and batch_within_s >= 0")
+
+
+@dataclass(frozen=True)
+class Timer:
+    interval_s: float
+    run: Callable[[], Awaitable[object]]
+    name: str
+
+
+@dataclass
+class ConsumerRuntime:
+    """A worker's consumer group, subscriptions, timers and start-up tasks on one Faust app."""
+
+    worker: str
+    settings: FlywheelSettings
+    group_id: str
+    web_port: int
+    subscriptions: Sequence[Subscription]
+    timers: Sequence[Timer] = ()
+    startup: Sequence[Callable[[], Awaitable[object]]] = ()
+    after_startup: Sequence[Callable[[], Awaitable[object]]] = ()
+    on_stop: Sequence[Callable[[], Awaitable[object]]] = ()
+    web_bind: str = "127.0.0.1"
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+    faust_overrides: dict[str, Any] = field(default_factory=dict)
+    assigned: bool = False
+    started: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.assigned and self.started
+
+    def build(self) -> faust.App:
+        app = make_faust_app(
+            self.group_id,
+            self.settings,
+            web_port=self.web_port,
+            web_enabled=True,
+            web_bind=self.web_bind,
+            **self.faust_overrides,
+        )
+        for sub in self.subscriptions:
+            self._agent(app, sub)
+        for timer in self.timers:
+            app.timer(timer.interval_s, name=f"{self.worker}-{timer.name}")(self._guarded(timer))
+        app.task(self._start)
+        self._web(app)
+
+        async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+            assigned = args[0] if args else kwargs.get("assigned", ())
+            self.assigned = True
+            log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+        app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode's handler type vs async def
+
+        async def stop(*_: Any, **__: Any) -> None:
+            for hook in self.on_stop:
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("stop hook of %s failed", self.worker)
+
+        app.on_before_shutdown.connect(cast(Any, stop))
+        return app
+
+    async def _start(self) -> None:
+        """Start-up tasks in order (each retried until it succeeds), then the long-running tasks that
+        need them (e.g. an HTTP API over restored state) side by side."""
+        for task in self.startup:
+            await retry_forever(task, f"{self.worker} start-up ({getattr(task, '__name__', task)})")
+        self.started = True
+        if self.after_startup:
+            await asyncio.gather(*(task() for task in self.after_startup))
+
+    def _guarded(self, timer: Timer) -> Callable[[], Awaitable[None]]:
+        async def tick() -> None:
+            try:
+                await timer.run()
+            except Exception:
+                HANDLER_ERRORS.labels(self.worker, f"timer:{timer.name}").inc()
+                log.exception("%s %s failed; it runs again at the next tick", self.worker, timer.name)
+
+        return tick
+
+    def _agent(self, app: faust.App, sub: Subscription) -> None:
+        worker, topic = self.worker, sub.topic
+
+        async def consume(stream: Any) -> None:
+            manual = stream.noack()  # acknowledged below, once the batch's effect is stored
+            batch: list[Any] = []
+            opened = 0.0
+            async for delivered in manual.events():
+                if not batch:
+                    opened = time.monotonic()
+                batch.append(delivered)
+                if len(batch) < sub.batch_max and await _more_coming(
+                    manual.channel.queue, opened + sub.batch_within_s
+                ):
+                    continue
+                await self.handle_batch(sub, [_position(d) for d in batch])
+                for done in batch:
+                    await manual.ack(done)
+                batch = []
+
+        app.agent(event_topic(app, topic), name=f"{worker}-{topic}", concurrency=1)(consume)
+
+    async def handle_batch(self, sub: Subscription, deliveries: list[tuple[int, int, bytes | None]]) -> None:
+        """Decode, skip what is unreadable, then run the handler until it succeeds (also used by tests)."""
+        messages: list[Message] = []
+        for partition, offset, raw in deliveries:
+            try:
+                if raw is None:
+                    raise EventDecodeError("empty message (null value)")
+                event = decode(raw, sub.event_type)
+            except EventDecodeError as exc:
+                MESSAGES.labels(self.worker, sub.topic, "undecodable").inc()
+                log.error("skipping unreadable message on %s: %s", sub.topic, exc)
+                continue
+            messages.append(Message(sub.topic, partition, offset, raw, event))
+        if not messages:
+            return
+        started = time.perf_counter()
+
+        def attempt() -> Awaitable[object]:
+            return sub.handle(messages)
+
+        await retry_forever(
+            attempt,
+            f"{self.worker}: {len(messages)} message(s) of {sub.topic} from offset {messages[0].offset}",
+            initial_s=self.retry_initial_s,
+            max_s=self.retry_max_s,
+            on_error=lambda _: HANDLER_ERRORS.labels(self.worker, sub.topic).inc(),
+        )
+        BATCH_SECONDS.labels(self.worker, sub.topic).observe(time.perf_counter() - started)
+        MESSAGES.labels(self.worker, sub.topic, "handled").inc(len(messages))
+
+    def _web(self, app: faust.App) -> None:
+        runtime = self
+
+        @app.page("/healthz")
+        async def healthz(view: Any, request: Any) -> Any:
+            return view.json({"status": "ok"})
+
+        @app.page("/readyz")
+        async def readyz(view: Any, request: Any) -> Any:
+            checks = {
+                "partitions_assigned": "ok" if runtime.assigned else "waiting",
+                "started": "ok" if runtime.started else "waiting",
+            }
+            return view.json({"ready": runtime.ready, "checks": checks}, status=200 if runtime.ready else 503)
+
+        @app.page("/metrics")
+        async def metrics(view: Any, request: Any) -> Any:
+            return view.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def _position(delivered: Any) -> tuple[int, int, bytes | None]:
+    message = delivered.message
+    return message.partition, message.offset, delivered.value
+
+
+async def _more_coming(queue: Any, deadline: float) -> bool:
+    """Whether a batch should wait for the next message: yes when one is queued already; when none is,
+    wait for one until `deadline` (the batch's linger) and say whether it came."""
+    while queue.empty():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(remaining, 0.002))
+    return True
