@@ -225,7 +225,7 @@ def up(
 @app.command()
 def demo(workdir: Path = typer.Option(Path(".flywheel/demo"), help="Logs and embedded data")) -> None:
     """Scripted end-to-end scenario on embedded defaults; prints what happened; exit 0/1."""
-    from services.cli.demo import run_demo
+    from services.cli.devstack.demo import run_demo
 
     raise typer.Exit(run_demo(workdir.resolve()))
 

@@ -16,10 +16,10 @@ import logging
 from prometheus_client import start_http_server
 
 from events import FEEDBACK_RECORDED, INFERENCES, FeedbackRecorded, InferenceRecorded
+from services.feedback_aggregation.adapters.dataset_publisher import DatasetPublisher
 from services.feedback_aggregation.adapters.mlflow_datasets import DatasetRegistry
 from services.feedback_aggregation.adapters.store import FeedbackStore
 from services.feedback_aggregation.handlers import FeedbackService
-from services.feedback_aggregation.publication import DatasetPublisher
 from services.feedback_aggregation.settings import FeedbackSettings
 from services.shared.consumer import ConsumerRuntime, Subscription, Timer
 from services.shared.faust_app import run_worker

@@ -38,6 +38,12 @@ from events import (
 )
 from services.cli.devstack.process import ManagedProcess, free_port
 from services.cli.devstack.stack import Endpoints
+from services.feedback_aggregation.adapters.dataset_publisher import (
+    DatasetPublisher,
+    Pending,
+    PublicationResult,
+    dataset_name_for,
+)
 from services.feedback_aggregation.adapters.dataset_writer import read_rows
 from services.feedback_aggregation.adapters.mlflow_datasets import (
     TAG_ALIAS,
@@ -56,12 +62,6 @@ from services.feedback_aggregation.domain.triggers import (
     signal_from,
 )
 from services.feedback_aggregation.handlers import FeedbackService, ModelView
-from services.feedback_aggregation.publication import (
-    DatasetPublisher,
-    Pending,
-    PublicationResult,
-    dataset_name_for,
-)
 from services.feedback_aggregation.settings import FeedbackSettings
 from services.shared.consumer import Message
 from services.shared.dataset_manifest import verify_manifest

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from events import CanaryDecisionKind, FeedbackRating, FeedbackRecorded, InferenceRecorded
-from services.canary_rollout.domain.analysis import Analysis, Verdict, analyze, summarize
+from services.canary_rollout.domain.analysis import Analysis, Verdict, analyze
 from services.canary_rollout.domain.commands import (
     NOTHING,
     Command,
@@ -39,14 +39,13 @@ from services.canary_rollout.domain.commands import (
     KeepPrevious,
     MoveAlias,
     Outcome,
-    Publish,
     SetWeight,
 )
-from services.canary_rollout.domain.decisions import ANALYSIS_ACTOR, REGISTRY_ACTOR, DecisionRecord
+from services.canary_rollout.domain.decisions import ANALYSIS_ACTOR, REGISTRY_ACTOR
 from services.canary_rollout.domain.policy import RolloutPolicy
+from services.canary_rollout.domain.recording import record_decision
 from services.canary_rollout.domain.state import CanaryState, Role, RolloutState
 from services.canary_rollout.domain.status import RolloutStatus
-from services.canary_rollout.domain.window import Counts
 
 Kind = CanaryDecisionKind
 Status = RolloutStatus
@@ -247,7 +246,7 @@ class RolloutMachine:
             raise InvalidTransition("rollout is already paused")
         current.paused_from = current.status
         current.status = Status.PAUSED
-        return Outcome((self._record(current, Kind.PAUSE, now, reason or f"paused by {actor}", actor),))
+        return Outcome((record_decision(current, Kind.PAUSE, now, reason or f"paused by {actor}", actor),))
 
     def resume(self, actor: str, now: datetime, reason: str | None = None) -> Outcome:
         current = self._require_active("resume")
@@ -255,7 +254,9 @@ class RolloutMachine:
         if current.status is not Status.PAUSED or current.paused_from is None:
             raise InvalidTransition(f"rollout is {current.status.value}, not paused")
         current.status, current.paused_from = current.paused_from, None
-        outcome = Outcome((self._record(current, Kind.RESUME, now, reason or f"resumed by {actor}", actor),))
+        outcome = Outcome(
+            (record_decision(current, Kind.RESUME, now, reason or f"resumed by {actor}", actor),)
+        )
         if current.status is Status.PENDING and current.champion_version is not None:
             outcome += self._start(current, now, f"champion {current.champion_version} set while paused")
         return outcome
@@ -294,7 +295,7 @@ class RolloutMachine:
         if champion_version is None:
             return Outcome(
                 (
-                    self._record(
+                    record_decision(
                         rollout, Kind.HOLD, now, "waiting for a champion to compare with", REGISTRY_ACTOR
                     ),
                 )
@@ -309,7 +310,7 @@ class RolloutMachine:
         return Outcome(
             (
                 SetWeight(rollout.model, rollout.rollout_id, rollout.weight),
-                self._record(rollout, Kind.START, now, reason, REGISTRY_ACTOR),
+                record_decision(rollout, Kind.START, now, reason, REGISTRY_ACTOR),
             )
         )
 
@@ -325,12 +326,12 @@ class RolloutMachine:
         return Outcome(
             (
                 SetWeight(rollout.model, rollout.rollout_id, rollout.weight),
-                self._record(rollout, Kind.ADVANCE, now, reason, ANALYSIS_ACTOR, metrics),
+                record_decision(rollout, Kind.ADVANCE, now, reason, ANALYSIS_ACTOR, metrics),
             )
         )
 
     def _hold(self, rollout: RolloutState, now: datetime, reason: str, metrics: dict[str, Any]) -> Outcome:
-        return Outcome((self._record(rollout, Kind.HOLD, now, reason, ANALYSIS_ACTOR, metrics),))
+        return Outcome((record_decision(rollout, Kind.HOLD, now, reason, ANALYSIS_ACTOR, metrics),))
 
     def _rollback(
         self, rollout: RolloutState, now: datetime, reason: str, metrics: dict[str, Any]
@@ -367,7 +368,7 @@ class RolloutMachine:
             DeleteAlias(rollout.model, "challenger"),
         ]
         self._finish(rollout, Status.PROMOTED, now, weight=100.0)
-        return Outcome((*commands, self._record(rollout, Kind.PROMOTE, now, reason, actor, metrics)))
+        return Outcome((*commands, record_decision(rollout, Kind.PROMOTE, now, reason, actor, metrics)))
 
     def _end(
         self,
@@ -388,60 +389,10 @@ class RolloutMachine:
         if delete_challenger:
             commands.append(DeleteAlias(rollout.model, "challenger"))
         self._finish(rollout, status, now, weight=0.0)
-        return Outcome((*commands, self._record(rollout, kind, now, reason, actor, metrics)))
+        return Outcome((*commands, record_decision(rollout, kind, now, reason, actor, metrics)))
 
     @staticmethod
     def _finish(rollout: RolloutState, status: Status, now: datetime, *, weight: float) -> None:
         rollout.status, rollout.paused_from = status, None
         rollout.weight = weight
         rollout.ended_at = now
-
-    def _record(
-        self,
-        rollout: RolloutState,
-        kind: Kind,
-        now: datetime,
-        reason: str,
-        actor: str,
-        metrics: dict[str, Any] | None = None,
-    ) -> Publish:
-        if metrics is None:
-            metrics = {"champion": summarize(rollout.champion), "challenger": summarize(rollout.challenger)}
-        metrics = {
-            **metrics,
-            "failed_checks": rollout.failed_checks,
-            "totals": {
-                "champion": _counts(rollout.champion_total),
-                "challenger": _counts(rollout.challenger_total),
-            },
-        }
-        record = DecisionRecord(
-            model=rollout.model,
-            rollout_id=rollout.rollout_id,
-            seq=rollout.seq,
-            at=now,
-            decision=kind,
-            champion_version=rollout.champion_version,
-            challenger_version=rollout.challenger_version,
-            state=rollout.status,
-            step=rollout.step,
-            weight=rollout.weight,
-            reason=reason,
-            actor=actor,
-            metrics=metrics,
-        )
-        rollout.seq += 1
-        rollout.updated_at = now
-        rollout.last_decision = record
-        return Publish(record)
-
-
-def _counts(counts: Counts) -> dict[str, Any]:
-    return {
-        "requests": counts.requests,
-        "errors": counts.errors,
-        "error_rate": counts.error_rate,
-        "thumbs_up": counts.thumbs_up,
-        "thumbs_down": counts.thumbs_down,
-        "thumbs_up_rate": counts.thumbs_up_rate,
-    }

@@ -122,11 +122,12 @@ def signal_from(states: Iterable[AggregateState], config: AggregateConfig, since
     if first * 1_000_000 < epoch_us(since):
         first += config.window_s
     corrections = down = rated = 0
-    for state in states:
-        recent = state.since(first)
+    for state in states:  # summed without a `Counts` per state: this runs after every applied event
         corrections += state.totals.corrections
-        down += recent.thumbs_down
-        rated += recent.rated
+        for start, counts in state.windows.items():
+            if start >= first:
+                down += counts.thumbs_down
+                rated += counts.thumbs_up + counts.thumbs_down
     return FeedbackSignal(corrections_total=corrections, thumbs_down=down, rated=rated)
 
 

@@ -1,0 +1,64 @@
+"""A decision of a rollout as it is recorded: the record with the numbers it was based on, the rollout's
+sequence advanced, and the command to publish it (pure)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from events import CanaryDecisionKind as Kind
+from services.canary_rollout.domain.analysis import summarize
+from services.canary_rollout.domain.commands import Publish
+from services.canary_rollout.domain.decisions import DecisionRecord
+from services.canary_rollout.domain.state import RolloutState
+from services.canary_rollout.domain.window import Counts
+
+
+def record_decision(
+    rollout: RolloutState,
+    kind: Kind,
+    now: datetime,
+    reason: str,
+    actor: str,
+    metrics: dict[str, Any] | None = None,
+) -> Publish:
+    if metrics is None:
+        metrics = {"champion": summarize(rollout.champion), "challenger": summarize(rollout.challenger)}
+    metrics = {
+        **metrics,
+        "failed_checks": rollout.failed_checks,
+        "totals": {
+            "champion": counts_json(rollout.champion_total),
+            "challenger": counts_json(rollout.challenger_total),
+        },
+    }
+    record = DecisionRecord(
+        model=rollout.model,
+        rollout_id=rollout.rollout_id,
+        seq=rollout.seq,
+        at=now,
+        decision=kind,
+        champion_version=rollout.champion_version,
+        challenger_version=rollout.challenger_version,
+        state=rollout.status,
+        step=rollout.step,
+        weight=rollout.weight,
+        reason=reason,
+        actor=actor,
+        metrics=metrics,
+    )
+    rollout.seq += 1
+    rollout.updated_at = now
+    rollout.last_decision = record
+    return Publish(record)
+
+
+def counts_json(counts: Counts) -> dict[str, Any]:
+    return {
+        "requests": counts.requests,
+        "errors": counts.errors,
+        "error_rate": counts.error_rate,
+        "thumbs_up": counts.thumbs_up,
+        "thumbs_down": counts.thumbs_down,
+        "thumbs_up_rate": counts.thumbs_up_rate,
+    }
