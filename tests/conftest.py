@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from events import ALIAS_CHANGED
 from services.cli.devstack.stack import Endpoints, Stack
 from services.shared.kafka.admin import ensure_topics
+from tests.support import TopicReader
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +101,11 @@ def wine_model(base_stack: Endpoints, stack_env: dict[str, str]) -> tuple[str, d
         )
         accuracy[version] = acc
     return name, accuracy
+
+
+@pytest.fixture()
+def alias_topic(stack: Endpoints) -> Iterator[TopicReader]:
+    """AliasChanged events on the stack's Kafka, read from the beginning of the topic."""
+    reader = TopicReader(stack, ALIAS_CHANGED)
+    yield reader
+    reader.close()

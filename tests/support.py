@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 import urllib.request
 import uuid
@@ -15,8 +13,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from events import Event, EventDecodeError, decode
-from services.cli.devstack.process import ManagedProcess, free_port
+from services.cli.devstack.process import ManagedProcess
 from services.cli.devstack.stack import Endpoints
+from services.cli.stack_runner import StackRunner
 from services.registry_watcher.domain.signature import sign
 from services.shared.kafka.profile import profile_named
 
@@ -109,18 +108,14 @@ def start_service(
     health_path: str = "/healthz",
     timeout_s: float = 60.0,
 ) -> tuple[ManagedProcess, int | None]:
-    """Run `flywheel run <name>` as a subprocess pointed at `endpoints`."""
-    env = {**os.environ, **endpoints.env(), **extra_env}
-    port = None
-    if port_var:
-        port = int(env.get(port_var) or free_port())
-        env[port_var] = str(port)
-    argv = [sys.executable, "-m", "services.cli.main", "run", name]
-    proc = ManagedProcess(name, argv, log_path=workdir / f"{name}-{port or 'worker'}.log", env=env, cwd=ROOT)
-    proc.start()
-    if port is not None:
-        proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}{health_path}"), timeout_s)
-    return proc, port
+    """Run `flywheel run <name>` pointed at `endpoints`, through the one harness every test, demo and
+    benchmark uses (`StackRunner`); with `port_var`, wait until `health_path` answers 200 on that port.
+    The log is `process.log_path` (one per service name and workdir, appended across restarts)."""
+    runner = StackRunner.attach(workdir, endpoints)
+    service = runner.start_service(
+        name, port_var=port_var, extra_env=extra_env, ready_path=health_path, timeout_s=timeout_s
+    )
+    return service.process, service.port
 
 
 def signed_headers(

@@ -155,19 +155,8 @@ class RolloutService:
             "step_started_at": r.step_started_at.isoformat(),
             "ended_at": r.ended_at.isoformat() if r.ended_at else None,
             "totals": {
-                "champion": _counts(r.champion_total),
-                "challenger": _counts(r.challenger_total),
+                "champion": r.champion_total.rates(),
+                "challenger": r.challenger_total.rates(),
             },
             "last_decision": r.last_decision.model_dump(mode="json") if r.last_decision else None,
         }
-
-
-def _counts(counts: Any) -> dict[str, Any]:
-    return {
-        "requests": counts.requests,
-        "errors": counts.errors,
-        "error_rate": counts.error_rate,
-        "thumbs_up": counts.thumbs_up,
-        "thumbs_down": counts.thumbs_down,
-        "thumbs_up_rate": counts.thumbs_up_rate,
-    }

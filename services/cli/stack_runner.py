@@ -92,6 +92,7 @@ class StackRunner:
         extra_env: Mapping[str, str] | None = None,
         wait: bool = True,
         ready_path: str = "/healthz",
+        timeout_s: float = 120.0,
     ) -> RunningService:
         key = instance or name
         env = self.service_env(extra_env)
@@ -103,7 +104,7 @@ class StackRunner:
         proc = ManagedProcess(key, argv, log_path=self.workdir / "logs" / f"{key}.log", env=env, cwd=ROOT)
         proc.start()
         if port is not None and wait:
-            proc.wait_ready(lambda: _healthy(f"http://127.0.0.1:{port}{ready_path}"), 120)
+            proc.wait_ready(lambda: _healthy(f"http://127.0.0.1:{port}{ready_path}"), timeout_s)
         service = RunningService(key, proc, port)
         self.services[key] = service
         return service

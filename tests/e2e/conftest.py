@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from mlflow import MlflowClient
 
-from events import ALIAS_CHANGED
 from services.cli.devstack.stack import Endpoints
-from tests.support import TopicReader, unique
+from tests.support import unique
 
 pytestmark = pytest.mark.e2e
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -31,10 +30,3 @@ def make_model(mlflow_client: MlflowClient) -> Callable[[int], str]:
         return name
 
     return make
-
-
-@pytest.fixture()
-def alias_topic(stack: Endpoints) -> Iterator[TopicReader]:
-    reader = TopicReader(stack, ALIAS_CHANGED)
-    yield reader
-    reader.close()

@@ -3,16 +3,32 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis
 
-from events import ALIAS_CHANGED
 from services.cli.devstack.stack import Endpoints
-from tests.support import TopicReader
+from services.shared.kafka.profile import profile_named
+from services.shared.kafka.publisher import KafkaPublisher
+from services.shared.redis_store import RedisKeys, sync_redis
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()
-def alias_topic(stack: Endpoints) -> Iterator[TopicReader]:
-    reader = TopicReader(stack, ALIAS_CHANGED)
-    yield reader
-    reader.close()
+def redis_client(stack: Endpoints) -> Iterator[redis.Redis]:
+    client = sync_redis(stack.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def publisher(stack: Endpoints) -> Iterator[KafkaPublisher]:
+    pub = KafkaPublisher(stack.kafka_bootstrap_servers, profile_named(stack.kafka_profile), client_id="tests")
+    yield pub
+    pub.close()
+
+
+@pytest.fixture()
+def keys() -> RedisKeys:
+    """A Redis namespace of this test's own."""
+    return RedisKeys(unique("t"))

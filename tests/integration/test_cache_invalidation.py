@@ -28,7 +28,6 @@ from services.cache_invalidation.settings import CacheInvalidationSettings
 from services.cli.devstack.process import ManagedProcess, free_port, port_open
 from services.cli.devstack.servers import start_redis
 from services.cli.devstack.stack import Endpoints
-from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.redis_store import RedisKeys, async_redis, sync_redis
 from services.shared.resolution import ReloadNotice, ResolutionEntry, parse_entries
@@ -135,7 +134,7 @@ class Worker:
 
     def _log(self) -> str:
         try:
-            return (self.logdir / f"cache-invalidation-{self.port}.log").read_text(errors="replace")
+            return self.proc.log_path.read_text(errors="replace") if self.proc else ""
         except OSError:
             return ""
 
@@ -162,27 +161,6 @@ class Worker:
 
     def log_count(self, text: str) -> int:
         return self._log().count(text)
-
-
-@pytest.fixture()
-def redis_client(stack: Endpoints) -> Iterator[redis.Redis]:
-    client = sync_redis(stack.redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def publisher(stack: Endpoints) -> Iterator[KafkaPublisher]:
-    pub = KafkaPublisher(
-        stack.kafka_bootstrap_servers, profile_named(stack.kafka_profile), client_id="tests-invalidation"
-    )
-    yield pub
-    pub.close()
-
-
-@pytest.fixture()
-def keys() -> RedisKeys:
-    return RedisKeys(unique("ci"))
 
 
 @pytest.fixture()

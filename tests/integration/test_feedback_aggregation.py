@@ -66,9 +66,8 @@ from services.feedback_aggregation.settings import FeedbackSettings
 from services.shared.consumer import Message
 from services.shared.dataset_manifest import verify_manifest
 from services.shared.jsontext import epoch_us
-from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, Record
-from services.shared.redis_store import RedisKeys, async_redis, sync_redis
+from services.shared.redis_store import RedisKeys, async_redis
 from tests.support import TopicReader, also_on_tansu, start_service, unique
 
 pytestmark = pytest.mark.integration
@@ -214,27 +213,6 @@ def records(events: Sequence[Event]) -> list[Record]:
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def redis_client(stack: Endpoints) -> Iterator[redis.Redis]:
-    client = sync_redis(stack.redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def publisher(stack: Endpoints) -> Iterator[KafkaPublisher]:
-    pub = KafkaPublisher(
-        stack.kafka_bootstrap_servers, profile_named(stack.kafka_profile), client_id="tests-feedback"
-    )
-    yield pub
-    pub.close()
-
-
-@pytest.fixture()
-def keys() -> RedisKeys:
-    return RedisKeys(unique("fa"))
-
-
 class Worker:
     """`flywheel run feedback-aggregation` as a subprocess."""
 
@@ -248,7 +226,7 @@ class Worker:
 
     @property
     def log_path(self) -> Path:
-        return self.logdir / f"feedback-aggregation-{self.port}.log"
+        return self.logdir / "logs" / "feedback-aggregation.log"
 
     def log(self) -> str:
         try:

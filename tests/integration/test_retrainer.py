@@ -438,7 +438,7 @@ def test_worker_end_to_end_through_kafka(
         "FLYWHEEL_RETRAINER_GROUP_ID": unique("retrainer"),
         "FLYWHEEL_LOG_LEVEL": "INFO",
     }
-    proc, port = start_service(
+    proc, _ = start_service(
         "retrainer", stack, tmp_path, env, port_var="FLYWHEEL_RETRAINER_WEB_PORT", health_path="/readyz"
     )
     publisher = KafkaPublisher(
@@ -463,7 +463,7 @@ def test_worker_end_to_end_through_kafka(
         assert ratio.value is not None and ratio.value > 0  # candidate vs champion timed side by side
         assert aliases_of(uri, model) == {"champion": v1, "challenger": "2"}
         assert versions_of(uri, model) == ["1", "2"]
-        log_text = (tmp_path / f"retrainer-{port}.log").read_text()
+        log_text = proc.log_path.read_text()
         assert "challenger version 2" in log_text and "duplicate" in log_text
     finally:
         finished.close()

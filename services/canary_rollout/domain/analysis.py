@@ -116,28 +116,45 @@ def summarize(window: VariantWindow) -> dict[str, Any]:
     }
 
 
-def error_rate_check(
-    champion: VariantWindow, challenger: VariantWindow, policy: RolloutPolicy
+def _worse_share(
+    name: str,
+    bad: tuple[int, int],
+    total: tuple[int, int],
+    tolerance: float,
+    label: str,
+    policy: RolloutPolicy,
 ) -> CheckResult:
-    if champion.requests == 0 or challenger.requests == 0:
-        return CheckResult("error_rate", CheckStatus.SKIPPED, detail="no inferences on one side")
-    table = [
-        [challenger.errors, challenger.requests - challenger.errors],
-        [champion.errors, champion.requests - champion.errors],
-    ]
+    """One-sided Fisher exact test: is the challenger's share of bad outcomes (errors, thumbs down)
+    greater than the champion's, by more than `tolerance`? `bad`/`total` are (challenger, champion)."""
+    (ch_bad, cp_bad), (ch_n, cp_n) = bad, total
+    table = [[ch_bad, ch_n - ch_bad], [cp_bad, cp_n - cp_bad]]
     p = float(stats.fisher_exact(table, alternative="greater").pvalue)
-    ch_rate, cp_rate = challenger.errors / challenger.requests, champion.errors / champion.requests
+    ch_rate, cp_rate = ch_bad / ch_n, cp_bad / cp_n
     delta = ch_rate - cp_rate
-    failed = p < policy.alpha and delta > policy.max_error_rate_delta
+    failed = p < policy.alpha and delta > tolerance
     return CheckResult(
-        "error_rate",
+        name,
         CheckStatus.FAIL if failed else CheckStatus.PASS,
         p_value=p,
         champion=cp_rate,
         challenger=ch_rate,
         delta=delta,
-        detail=f"error rate {ch_rate:.4f} vs {cp_rate:.4f} "
-        f"(p={p:.3g}, tolerance +{policy.max_error_rate_delta})",
+        detail=f"{label} {ch_rate:.4f} vs {cp_rate:.4f} (p={p:.3g}, tolerance +{tolerance})",
+    )
+
+
+def error_rate_check(
+    champion: VariantWindow, challenger: VariantWindow, policy: RolloutPolicy
+) -> CheckResult:
+    if champion.requests == 0 or challenger.requests == 0:
+        return CheckResult("error_rate", CheckStatus.SKIPPED, detail="no inferences on one side")
+    return _worse_share(
+        "error_rate",
+        (challenger.errors, champion.errors),
+        (challenger.requests, champion.requests),
+        policy.max_error_rate_delta,
+        "error rate",
+        policy,
     )
 
 
@@ -167,29 +184,31 @@ def latency_check(champion: VariantWindow, challenger: VariantWindow, policy: Ro
 
 
 def thumbs_up_check(champion: VariantWindow, challenger: VariantWindow, policy: RolloutPolicy) -> CheckResult:
+    """Thumbs-up rate, tested as its complement: the challenger's share of thumbs down is not greater."""
     if champion.feedback < policy.min_feedback or challenger.feedback < policy.min_feedback:
         return CheckResult(
             "thumbs_up",
             CheckStatus.SKIPPED,
             detail=f"feedback {challenger.feedback}/{champion.feedback} < {policy.min_feedback} per variant",
         )
-    table = [
-        [challenger.thumbs_down, challenger.thumbs_up],
-        [champion.thumbs_down, champion.thumbs_up],
-    ]
-    p = float(stats.fisher_exact(table, alternative="greater").pvalue)
+    down = _worse_share(
+        "thumbs_up",
+        (challenger.thumbs_down, champion.thumbs_down),
+        (challenger.feedback, champion.feedback),
+        policy.min_thumbs_up_delta,
+        "thumbs-down",
+        policy,
+    )
     ch_rate, cp_rate = challenger.thumbs_up / challenger.feedback, champion.thumbs_up / champion.feedback
-    delta = cp_rate - ch_rate
-    failed = p < policy.alpha and delta > policy.min_thumbs_up_delta
     return CheckResult(
         "thumbs_up",
-        CheckStatus.FAIL if failed else CheckStatus.PASS,
-        p_value=p,
+        down.status,
+        p_value=down.p_value,
         champion=cp_rate,
         challenger=ch_rate,
-        delta=delta,
+        delta=cp_rate - ch_rate,
         detail=f"thumbs-up {ch_rate:.3f} vs {cp_rate:.3f} "
-        f"(p={p:.3g}, tolerance -{policy.min_thumbs_up_delta})",
+        f"(p={down.p_value:.3g}, tolerance -{policy.min_thumbs_up_delta})",
     )
 
 

@@ -11,7 +11,6 @@ from services.canary_rollout.domain.analysis import summarize
 from services.canary_rollout.domain.commands import Publish
 from services.canary_rollout.domain.decisions import DecisionRecord
 from services.canary_rollout.domain.state import RolloutState
-from services.canary_rollout.domain.window import Counts
 
 
 def record_decision(
@@ -28,8 +27,8 @@ def record_decision(
         **metrics,
         "failed_checks": rollout.failed_checks,
         "totals": {
-            "champion": counts_json(rollout.champion_total),
-            "challenger": counts_json(rollout.challenger_total),
+            "champion": rollout.champion_total.rates(),
+            "challenger": rollout.challenger_total.rates(),
         },
     }
     record = DecisionRecord(
@@ -51,14 +50,3 @@ def record_decision(
     rollout.updated_at = now
     rollout.last_decision = record
     return Publish(record)
-
-
-def counts_json(counts: Counts) -> dict[str, Any]:
-    return {
-        "requests": counts.requests,
-        "errors": counts.errors,
-        "error_rate": counts.error_rate,
-        "thumbs_up": counts.thumbs_up,
-        "thumbs_down": counts.thumbs_down,
-        "thumbs_up_rate": counts.thumbs_up_rate,
-    }

@@ -14,6 +14,7 @@ JSON and a replay of the same observations after a restart yields the same sampl
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -37,6 +38,10 @@ class Counts(BaseModel):
     @property
     def thumbs_up_rate(self) -> float | None:
         return self.thumbs_up / self.feedback if self.feedback else None
+
+    def rates(self) -> dict[str, Any]:
+        """The counters with their rates, as decisions and status views show them."""
+        return {**self.model_dump(), "error_rate": self.error_rate, "thumbs_up_rate": self.thumbs_up_rate}
 
     def add_inference(self, ok: bool) -> None:
         self.requests += 1

@@ -24,9 +24,15 @@ import mlflow
 import pandas as pd
 
 from services.retrainer.adapters.dataset import Dataset
-from services.retrainer.adapters.training import BaseVersion, Candidate, TrainingFailed, timed_side_by_side
+from services.retrainer.adapters.training import (
+    BaseVersion,
+    Candidate,
+    TrainingFailed,
+    evaluated,
+    timed_side_by_side,
+)
 from services.retrainer.domain.examples import REQUIRED_COLUMNS, field_examples, outputs_match, split_holdout
-from services.retrainer.domain.gates import Measurements, percentile
+from services.retrainer.domain.gates import Measurements
 from services.retrainer.settings import RetrainerSettings
 
 log = logging.getLogger(__name__)
@@ -210,20 +216,13 @@ class DspyTrainer:
             }
         )
         if score is not None:
-            metrics["accuracy"] = metrics["evaluation_score"] = score
-        if latencies:
-            metrics["p95_latency_ms"] = percentile(latencies, 95)
-        if baseline is not None and score is not None:
-            metrics |= {"baseline_accuracy": baseline, "improvement": score - baseline}
-        measurements = Measurements(
-            columns=schema.columns,
-            required_columns=schema.required_columns,
-            rows=schema.rows,
-            row_problems=schema.row_problems,
+            metrics["evaluation_score"] = score
+        measurements = evaluated(
+            schema,
+            metrics,
             accuracy=score,
             latencies_ms=latencies,
             baseline_accuracy=baseline,
-            baseline_label=base.baseline_label,
             baseline_latencies_ms=timed_baseline.latencies_ms,
         )
         tags = {

@@ -32,11 +32,12 @@ from services.retrainer.adapters.training import (
     Candidate,
     TrainingFailed,
     accuracy,
+    evaluated,
     timed_calls,
     timed_side_by_side,
 )
 from services.retrainer.domain.examples import REQUIRED_COLUMNS, drop_overlap, tabular_examples
-from services.retrainer.domain.gates import Measurements, percentile
+from services.retrainer.domain.gates import Measurements
 from services.retrainer.settings import RetrainerSettings
 
 log = logging.getLogger(__name__)
@@ -171,24 +172,12 @@ class SklearnTrainer:
         table["latency_ms"] = latencies + [None] * (len(held_x) - n_timed)
         mlflow.log_table(table, artifact_file="evaluation/held_out_examples.json")
 
-        metrics |= {"accuracy": new_accuracy, "p95_latency_ms": percentile(latencies, 95)}
-        metrics["mean_latency_ms"] = sum(latencies) / len(latencies)
-        if baseline_accuracy is not None:
-            metrics |= {
-                "baseline_accuracy": baseline_accuracy,
-                "improvement": new_accuracy - baseline_accuracy,
-            }
-        if timed_baseline is not None:
-            metrics["baseline_p95_latency_ms"] = percentile(timed_baseline.latencies_ms, 95)
-        measurements = Measurements(
-            columns=schema.columns,
-            required_columns=schema.required_columns,
-            rows=schema.rows,
-            row_problems=schema.row_problems,
+        measurements = evaluated(
+            schema,
+            metrics,
             accuracy=new_accuracy,
             latencies_ms=latencies,
             baseline_accuracy=baseline_accuracy,
-            baseline_label=base.baseline_label,
             baseline_latencies_ms=timed_baseline.latencies_ms if timed_baseline is not None else None,
         )
         tags = {

@@ -10,7 +10,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,7 +20,7 @@ from mlflow.models.model import ModelInfo
 
 from events import RetrainingRequested
 from services.retrainer.adapters.dataset import Dataset
-from services.retrainer.domain.gates import Measurements
+from services.retrainer.domain.gates import Measurements, percentile
 from services.shared.mlflow_registry import RegistryAdapter
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,35 @@ def timed_calls(call: Callable[[int], Any], count: int) -> tuple[list[Any], list
     """Call `call(i)` for i in range(count): results (None on error), latencies in ms, errors."""
     timed, _ = timed_side_by_side(call, None, count)
     return timed.results, timed.latencies_ms, timed.errors
+
+
+def evaluated(
+    schema: Measurements,
+    metrics: dict[str, float],
+    *,
+    accuracy: float | None,
+    latencies_ms: list[float],
+    baseline_accuracy: float | None,
+    baseline_latencies_ms: list[float] | None,
+) -> Measurements:
+    """The candidate's measurements on top of its schema check's, with their metrics added to `metrics`
+    (accuracy, p95/mean latency, the baseline's, the improvement): what every trainer reports."""
+    if accuracy is not None:
+        metrics["accuracy"] = accuracy
+    if latencies_ms:
+        metrics["p95_latency_ms"] = percentile(latencies_ms, 95)
+        metrics["mean_latency_ms"] = sum(latencies_ms) / len(latencies_ms)
+    if baseline_accuracy is not None and accuracy is not None:
+        metrics |= {"baseline_accuracy": baseline_accuracy, "improvement": accuracy - baseline_accuracy}
+    if baseline_latencies_ms:
+        metrics["baseline_p95_latency_ms"] = percentile(baseline_latencies_ms, 95)
+    return replace(
+        schema,
+        accuracy=accuracy,
+        latencies_ms=latencies_ms,
+        baseline_accuracy=baseline_accuracy,
+        baseline_latencies_ms=baseline_latencies_ms,
+    )
 
 
 def accuracy(expected: Sequence[Any], predicted: Sequence[Any]) -> float:
