@@ -22,7 +22,7 @@ import pytest
 
 from events import ALIAS_CHANGED
 from services.cli.devstack.stack import Endpoints, Stack
-from services.shared.kafka.admin import ensure_topics
+from services.shared.kafka.admin import ensure_topics, topic_shape
 from tests.support import TopicReader
 
 
@@ -39,7 +39,7 @@ def base_stack(workdir: Path) -> Iterator[Endpoints]:
     """MLflow, Redis and the default broker (Apache Kafka when Java is here)."""
     with Stack(workdir / "stack", use_containers=True) as s:
         endpoints = s.start()
-        ensure_topics(endpoints.kafka_bootstrap_servers)
+        ensure_topics(endpoints.kafka_bootstrap_servers, shape=topic_shape(os.environ))
         _BROKERS.append(
             f"{endpoints.kafka_broker} ({endpoints.kafka_profile} profile): {endpoints.kafka_reason}"
         )
@@ -61,7 +61,7 @@ def stack(request: pytest.FixtureRequest, base_stack: Endpoints, workdir: Path) 
     }
     with Stack(workdir / f"stack-{broker}", env) as s:
         endpoints = s.start()
-        ensure_topics(endpoints.kafka_bootstrap_servers)
+        ensure_topics(endpoints.kafka_bootstrap_servers, shape=topic_shape(os.environ))
         _BROKERS.append(
             f"{endpoints.kafka_broker} ({endpoints.kafka_profile} profile) for the {broker} subset"
         )

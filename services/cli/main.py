@@ -23,6 +23,8 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints one 
 app.add_typer(webhook_app, name="webhook")
 rollout_app = typer.Typer(no_args_is_help=True, help="Act on canary rollouts (needs FLYWHEEL_ADMIN_TOKEN).")
 app.add_typer(bench_app, name="bench")
+topics_app = typer.Typer(no_args_is_help=True, help="Flywheel's Kafka topics (partitions, replication).")
+app.add_typer(topics_app, name="topics")
 app.add_typer(rollout_app, name="rollout")
 console = Console(stderr=True)
 
@@ -150,7 +152,7 @@ def webhook_register(
     """Create or update Flywheel's webhook on the MLflow server (idempotent)."""
     from mlflow import MlflowClient
 
-    from services.registry_watcher.adapters.webhook_registration import register_webhook
+    from services.registry_watcher.adapters.webhook_registration import check_delivery, register_webhook
 
     if not tracking_uri:
         raise typer.BadParameter(
@@ -160,9 +162,50 @@ def webhook_register(
         console.print(
             "[yellow]warning:[/] no FLYWHEEL_WEBHOOK_SECRET: deliveries will be unsigned and refused"
         )
-    reg = register_webhook(MlflowClient(tracking_uri=tracking_uri), url, secret)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    reg = register_webhook(client, url, secret)
     verb = "created" if reg.created else "updated"
     console.print(f"webhook {reg.webhook_id} {verb}: {reg.url}")
+    check = check_delivery(client, reg.webhook_id)
+    if not check.ok:
+        console.print(f"[red]deliveries do not arrive:[/] {check.detail}")
+        raise typer.Exit(1)
+    console.print(
+        f"{check.detail}; MLflow delivers alias changes to it once its webhook cache expires "
+        "(MLFLOW_WEBHOOK_CACHE_TTL, 60 s by default) — until then the watcher's poller catches up"
+    )
+
+
+def _topic_report(create: bool) -> None:
+    from events import ALL_TOPICS
+    from services.shared.kafka.admin import check_topics, ensure_topics_for
+    from services.shared.settings import FlywheelSettings
+
+    settings = FlywheelSettings()
+    report = ensure_topics_for(settings) if create else check_topics(settings, ALL_TOPICS, "flywheel")
+    for topic in report.created:
+        console.print(
+            f"created {topic}: {settings.kafka_partitions} partitions, "
+            f"replication factor {settings.kafka_replication_factor}"
+        )
+    for problem in report.problems():
+        console.print(f"[yellow]{problem}")
+    if report.problems():
+        raise typer.Exit(1)
+    console.print(f"{len(ALL_TOPICS)} topics as configured")
+
+
+@topics_app.command("ensure")
+def topics_ensure() -> None:
+    """Create missing topics (FLYWHEEL_KAFKA_PARTITIONS, FLYWHEEL_KAFKA_REPLICATION_FACTOR); exit 1 when
+    existing ones differ from that configuration (they are never changed)."""
+    _topic_report(create=True)
+
+
+@topics_app.command("check")
+def topics_check() -> None:
+    """Say which topics are missing or differ from the configuration; exit 1 if any."""
+    _topic_report(create=False)
 
 
 @app.command()
@@ -197,6 +240,9 @@ def up(
         )
         table.add_row("Redis", redact_url(endpoints.redis_url))
         table.add_row("registry watcher", f"{watcher.url}  (webhook: {watcher.url}/webhooks/mlflow)")
+        if runner.webhook_check is not None:
+            state = "ok" if runner.webhook_check.ok else "[red]NOT DELIVERED[/]"
+            table.add_row("webhook delivery", f"{state}: {runner.webhook_check.detail}")
         for name, svc in runner.services.items():
             if svc.url and name != "registry-watcher":
                 table.add_row(name, svc.url)

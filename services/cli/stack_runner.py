@@ -21,8 +21,12 @@ from mlflow import MlflowClient
 
 from services.cli.devstack.process import ManagedProcess, free_port
 from services.cli.devstack.stack import Endpoints, Stack
-from services.registry_watcher.adapters.webhook_registration import register_webhook
-from services.shared.kafka.admin import ensure_topics
+from services.registry_watcher.adapters.webhook_registration import (
+    DeliveryCheck,
+    check_delivery,
+    register_webhook,
+)
+from services.shared.kafka.admin import ensure_topics, topic_shape
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +63,8 @@ class StackRunner:
     services: dict[str, RunningService] = field(default_factory=dict)
     endpoints: Endpoints | None = None
     webhook_secret: str = ""
+    feedback_secret: str = ""
+    webhook_check: DeliveryCheck | None = None
     _stack: Stack | None = None
 
     @classmethod
@@ -67,19 +73,26 @@ class StackRunner:
         merged = {**os.environ, **(env or {})}
         runner = cls(workdir=workdir, env=merged, endpoints=endpoints)
         runner.webhook_secret = merged.get("FLYWHEEL_WEBHOOK_SECRET") or secrets.token_urlsafe(32)
+        runner.feedback_secret = merged.get("FLYWHEEL_FEEDBACK_SECRET") or secrets.token_urlsafe(32)
         return runner
 
     def start_infrastructure(self) -> Endpoints:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._stack = Stack(self.workdir, self.env)
         self.endpoints = self._stack.start()
-        ensure_topics(self.endpoints.kafka_bootstrap_servers)
+        ensure_topics(self.endpoints.kafka_bootstrap_servers, shape=topic_shape(self.env))
         self.webhook_secret = self.env.get("FLYWHEEL_WEBHOOK_SECRET") or secrets.token_urlsafe(32)
+        self.feedback_secret = self.env.get("FLYWHEEL_FEEDBACK_SECRET") or secrets.token_urlsafe(32)
         return self.endpoints
 
     def service_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         assert self.endpoints is not None, "start_infrastructure first"
-        env = {**self.env, **self.endpoints.env(), "FLYWHEEL_WEBHOOK_SECRET": self.webhook_secret}
+        env = {
+            **self.env,
+            **self.endpoints.env(),
+            "FLYWHEEL_WEBHOOK_SECRET": self.webhook_secret,
+            "FLYWHEEL_FEEDBACK_SECRET": self.feedback_secret,
+        }
         env.update(extra or {})
         return env
 
@@ -173,12 +186,16 @@ class StackRunner:
             if name in SERVICES:
                 self.start_worker(name, extra_env)
 
-    def register_webhook(self, url: str) -> None:
+    def register_webhook(self, url: str) -> DeliveryCheck:
+        """Register, then have MLflow send a test delivery: a webhook nobody can reach is reported."""
         assert self.endpoints is not None
-        register_webhook(
-            MlflowClient(tracking_uri=self.endpoints.mlflow_tracking_uri), url, self.webhook_secret
-        )
+        client = MlflowClient(tracking_uri=self.endpoints.mlflow_tracking_uri)
+        reg = register_webhook(client, url, self.webhook_secret)
         time.sleep(1.2)  # MLflow caches its webhook list (MLFLOW_WEBHOOK_CACHE_TTL=1 s when embedded)
+        self.webhook_check = check_delivery(client, reg.webhook_id)
+        if not self.webhook_check.ok:
+            log.warning("webhook %s: %s", url, self.webhook_check.detail)
+        return self.webhook_check
 
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):

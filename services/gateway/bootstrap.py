@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from events import FEEDBACK_RECORDED, INFERENCES
 from services.gateway.adapters.inference_events import InferenceEmitter
 from services.gateway.adapters.mlflow_feedback import FeedbackService
 from services.gateway.adapters.model_loader import LoadedModel, MlflowModelLoader, dspy_lm_factory, warm_up
@@ -32,6 +33,7 @@ from services.gateway.reloader import Reloader
 from services.gateway.settings import GatewaySettings
 from services.shared import http_json
 from services.shared.http_ops import add_ops_routes
+from services.shared.kafka.admin import check_topics
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.logging_setup import configure_logging
@@ -95,6 +97,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         router=TrafficRouter(redis, keys),
         request_log=RequestLog(redis, keys, settings.request_log_ttl_s),
         feedback=FeedbackService(settings.mlflow_tracking_uri),
+        tokens=settings.feedback_tokens(),
         started=asyncio.Event(),
     )
 
@@ -106,6 +109,8 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw = build_gateway(settings, loader)
         app.state.gateway = gw
+        if settings.inference_events_enabled:
+            await asyncio.to_thread(check_topics, settings, [INFERENCES, FEEDBACK_RECORDED], "gateway")
         await run_in_threadpool(warm_up)
         await run_in_threadpool(gw.tracer.prepare)
         gw.emitter.start()

@@ -35,8 +35,10 @@ from services.gateway import metrics
 from services.gateway.adapters.model_loader import LoadedModel
 from services.gateway.adapters.request_log import ServedRequest
 from services.gateway.adapters.traffic_router import routing_key
+from services.gateway.domain.feedback_token import TokenRejected
 from services.gateway.domain.inputs import InputError, ParsedInputs, parse_inputs
 from services.gateway.domain.model_manager import ModelRef
+from services.gateway.domain.outputs import check_correction
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.schemas import FeedbackRequest, PredictRequest, PredictResponse
 from services.shared.kafka.publisher import PublishError
@@ -230,6 +232,7 @@ async def predict(
             },
         )
     gw.request_log.remember(served_request(event))
+    token = gw.tokens.issue(request_id, body.user_id, time.time()) if gw.tokens is not None else None
     return PredictResponse(
         outputs=outputs,
         model=name,
@@ -238,6 +241,7 @@ async def predict(
         variant=target.variant,
         request_id=request_id,
         trace_id=trace_id,
+        feedback_token=token,
     )
 
 
@@ -246,10 +250,15 @@ async def record_feedback(gw: Gateway, body: FeedbackRequest) -> dict[str, Any]:
     """A rating of one served prediction -> FeedbackRecorded (before the 202) + MLflow trace feedback.
 
     A repeated submission (same request, same user) answers with the first feedback id and is not
-    counted again; when Redis, MLflow or Kafka cannot take it, nothing was counted (503, retry)."""
+    counted again; when Redis, MLflow or Kafka cannot take it, nothing was counted (503, retry).
+    Refused before anything is looked up or counted: feedback without a valid token for this request and
+    user (401; 403 once expired or while no secret is configured), above the user's rate (429)."""
     request = await _served(gw, body)
     if body.trace_id and request.trace_id and body.trace_id != request.trace_id:
         raise HTTPException(422, detail={"field": "trace_id", "message": "does not belong to request_id"})
+    _authorize(gw, body, request.request_id)
+    await _within_rate(gw, body.user_id)
+    await _check_correction(gw, request, body)
     feedback_id = uuid.uuid4().hex
     seen_key = gw.keys.feedback_seen(request.request_id, body.user_id or "anonymous")
     try:
@@ -286,6 +295,61 @@ async def record_feedback(gw: Gateway, body: FeedbackRequest) -> dict[str, Any]:
     if request.trace_id:
         _record_on_trace(gw, request.trace_id, body)
     return {"feedback_id": feedback_id, "duplicate": False}
+
+
+def _authorize(gw: Gateway, body: FeedbackRequest, request_id: str) -> None:
+    """Only whoever received the prediction can rate it: its feedback token (see domain/feedback_token)."""
+    if gw.settings.feedback_open:
+        return
+    if gw.tokens is None:
+        metrics.REJECTED.labels("feedback_tokens_not_configured").inc()
+        raise HTTPException(403, detail="feedback is closed: no FLYWHEEL_FEEDBACK_SECRET to verify tokens")
+    rejected = gw.tokens.check(body.feedback_token, request_id, body.user_id, time.time())
+    if rejected is None:
+        return
+    metrics.REJECTED.labels(f"feedback_token_{rejected.value}").inc()
+    if rejected is TokenRejected.EXPIRED:
+        raise HTTPException(403, detail="feedback_token expired")
+    raise HTTPException(
+        401,
+        detail=f"feedback_token {rejected.value}: send the token of the predict response, with its user_id",
+    )
+
+
+async def _within_rate(gw: Gateway, user_id: str | None) -> None:
+    limit = gw.settings.feedback_rate_per_minute
+    if not limit:
+        return
+    minute = int(time.time() // 60)
+    key = gw.keys.feedback_rate(user_id or "anonymous", minute)
+    try:
+        async with gw.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            count, _ = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise HTTPException(503, detail=f"feedback store unavailable: {exc}") from exc
+    if int(count) > limit:
+        metrics.REJECTED.labels("feedback_rate").inc()
+        raise HTTPException(
+            429,
+            detail=f"more than {limit} ratings per minute from this user",
+            headers={"Retry-After": str(60 - int(time.time()) % 60)},
+        )
+
+
+async def _check_correction(gw: Gateway, request: ServedRequest, body: FeedbackRequest) -> None:
+    """A correction becomes a training label: it must be an output the rated model could give."""
+    if body.corrected_output is None:
+        return
+    try:
+        loaded = await run_in_threadpool(gw.manager.load, ModelRef(request.model, version=request.version))
+    except Exception as exc:
+        raise HTTPException(503, detail=f"cannot check the correction against the model now: {exc}") from exc
+    try:
+        check_correction(body.corrected_output, loaded.output_fields)
+    except InputError as exc:
+        raise HTTPException(422, detail={"field": exc.field, "message": exc.message}) from exc
 
 
 async def _served(gw: Gateway, body: FeedbackRequest) -> ServedRequest:

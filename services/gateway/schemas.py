@@ -27,6 +27,9 @@ class PredictResponse(BaseModel):
     variant: str
     request_id: str
     trace_id: str | None
+    feedback_token: str | None = Field(
+        default=None, description="Send it with feedback on this prediction (from the same user_id)."
+    )
 
 
 MAX_COMMENT = 2000
@@ -41,6 +44,9 @@ class FeedbackRequest(BaseModel):
     )
     trace_id: str | None = Field(
         default=None, pattern=TRACE_ID_PATTERN, description="`trace_id` of the predict response."
+    )
+    feedback_token: str | None = Field(
+        default=None, max_length=128, description="`feedback_token` of the predict response."
     )
     rating: FeedbackRating
     corrected_output: JsonValue = None

@@ -6,6 +6,7 @@ import socket
 
 from pydantic import Field, SecretStr
 
+from services.gateway.domain.feedback_token import FeedbackTokens
 from services.shared.settings import FlywheelSettings
 
 
@@ -37,12 +38,32 @@ class GatewaySettings(FlywheelSettings):
     request_log_ttl_s: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long served requests can receive feedback."
     )
+    feedback_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC secret of feedback tokens (the same on every replica); unset = no tokens issued, "
+        "and feedback is refused unless FLYWHEEL_FEEDBACK_OPEN=true.",
+    )
+    feedback_open: bool = Field(
+        default=False,
+        description="Accept feedback without a valid token (anyone who can call the endpoint can then write "
+        "into the training data).",
+    )
+    feedback_rate_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Feedback submissions per user id (or anonymous) per minute; 0 = no limit.",
+    )
     dspy_lm: str | None = Field(
         default=None,
         description="LiteLLM model string for DSPy programs (e.g. openai/gpt-4o-mini); 'dummy' for tests.",
     )
     dspy_api_key: SecretStr | None = Field(default=None, description="API key passed to the DSPy LM.")
     dspy_api_base: str | None = None
+
+    def feedback_tokens(self) -> FeedbackTokens | None:
+        if self.feedback_secret is None:
+            return None
+        return FeedbackTokens(self.feedback_secret.get_secret_value().encode(), self.request_log_ttl_s)
 
     def replica_name(self) -> str:
         return self.replica_id or f"{socket.gethostname()}:{self.gateway_port}"

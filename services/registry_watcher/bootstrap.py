@@ -8,25 +8,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import uvicorn
 from fastapi import FastAPI
+from mlflow import MlflowClient
 
+from events import ALIAS_CHANGED
 from services.registry_watcher.adapters.alias_state import AliasStateStore
 from services.registry_watcher.adapters.outbox import OutboxRelay
-from services.registry_watcher.entrypoints.deps import Watcher
+from services.registry_watcher.adapters.registry_identity import registry_identity
+from services.registry_watcher.entrypoints.deps import Binding, Watcher
 from services.registry_watcher.entrypoints.http import router
 from services.registry_watcher.entrypoints.poller import RegistryPoller
 from services.registry_watcher.handlers import AliasChangeRecorder
 from services.registry_watcher.settings import WatcherSettings
 from services.shared import http_json
 from services.shared.http_ops import ReadinessCheck, add_ops_routes
+from services.shared.kafka.admin import check_topics
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.logging_setup import configure_logging
 from services.shared.mlflow_registry import RegistryAdapter
 from services.shared.redis_store import RedisKeys, async_redis
+from services.shared.retry import retry_forever
 from services.shared.settings import redact_url
 from services.shared.stages import StageAliases
 
@@ -54,7 +59,36 @@ def build_watcher(settings: WatcherSettings) -> Watcher:
         stage_mode=settings.poll_stages,
         stage_aliases=StageAliases(settings.champion_alias, settings.challenger_alias),
     )
-    return Watcher(settings, redis, keys, state, publisher, relay, recorder, poller)
+    return Watcher(settings, redis, keys, state, publisher, relay, recorder, poller, Binding())
+
+
+async def bind_registry(watcher: Watcher) -> bool:
+    """Check (and record) which registry the alias state belongs to; see adapters/registry_identity."""
+    settings = watcher.settings
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    identity = await asyncio.to_thread(registry_identity, client)
+    status, stored = await watcher.state.bind(identity, adopt=settings.registry_adopt)
+    registry = redact_url(settings.mlflow_tracking_uri)
+    if status == "refused":
+        watcher.binding = Binding(
+            "refused",
+            f"the alias state in Redis namespace {settings.redis_prefix!r} belongs to registry {stored}, "
+            f"not to {registry} ({identity}): nothing is published. Use another FLYWHEEL_REDIS_PREFIX, or "
+            "set FLYWHEEL_REGISTRY_ADOPT=true to drop that state and publish this registry's aliases.",
+        )
+        log.error("%s", watcher.binding.detail)
+        return False
+    watcher.binding = Binding(status, f"registry {registry} ({identity})")
+    if status == "adopted":
+        log.warning("adopted namespace %r from registry %s for %s", settings.redis_prefix, stored, identity)
+    return True
+
+
+async def _run_when_bound(watcher: Watcher, loops: list[Callable[[], Awaitable[None]]]) -> None:
+    """Bind (retrying while MLflow or Redis is down), then run the publishing loops; never when refused."""
+    bound = await retry_forever(lambda: bind_registry(watcher), "checking the registry identity", max_s=10.0)
+    if bound:
+        await asyncio.gather(*(loop() for loop in loops))
 
 
 def create_app(settings: WatcherSettings | None = None, *, background: bool = True) -> FastAPI:
@@ -65,13 +99,21 @@ def create_app(settings: WatcherSettings | None = None, *, background: bool = Tr
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = build_watcher(settings)
         app.state.watcher = watcher
+        if background:
+            await asyncio.to_thread(check_topics, settings, [ALIAS_CHANGED], "registry-watcher")
         if watcher.settings.webhook_secret is None:
             log.warning("FLYWHEEL_WEBHOOK_SECRET is not set: every webhook delivery will be refused (401)")
         tasks = []
-        if background:
-            tasks.append(asyncio.create_task(watcher.relay.run(settings.outbox_interval_s)))
+        if not background:  # in-process tests: one check, no loops
+            with contextlib.suppress(Exception):
+                await bind_registry(watcher)
+        else:
+            loops: list[Callable[[], Awaitable[None]]] = [
+                lambda: watcher.relay.run(settings.outbox_interval_s)
+            ]
             if settings.poll_interval_s > 0:
-                tasks.append(asyncio.create_task(watcher.poller.run(settings.poll_interval_s)))
+                loops.append(lambda: watcher.poller.run(settings.poll_interval_s))
+            tasks.append(asyncio.create_task(_run_when_bound(watcher, loops)))
         log.info("registry watcher started with %s", settings.safe_summary())
         try:
             yield
@@ -94,7 +136,10 @@ def create_app(settings: WatcherSettings | None = None, *, background: bool = Tr
         async def kafka() -> bool:
             return await asyncio.to_thread(watcher.publisher.connected)
 
-        return {"redis": watcher.redis.ping, "kafka": kafka}
+        async def registry() -> bool:
+            return watcher.binding.ok
+
+        return {"redis": watcher.redis.ping, "kafka": kafka, "registry": registry}
 
     add_ops_routes(app, readiness)
     return app

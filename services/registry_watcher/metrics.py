@@ -35,3 +35,7 @@ POLL_LAG = Gauge(
 POISON = Counter(
     "flywheel_watcher_outbox_poison_total", "Unreadable outbox entries moved to the dead-letter list"
 )
+POLL_REPAIRS = Counter(
+    "flywheel_watcher_poll_repairs_total",
+    "Alias changes of known models that the poller found before any webhook delivered them",
+)

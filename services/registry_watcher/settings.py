@@ -23,5 +23,10 @@ class WatcherSettings(FlywheelSettings):
     watcher_url: str | None = Field(
         default=None, description="URL MLflow should call, for `flywheel webhook register`."
     )
+    registry_adopt: bool = Field(
+        default=False,
+        description="Adopt a Redis namespace whose alias state belongs to another MLflow registry (drops "
+        "that state; the registry's aliases are then published as they are). Default: refuse.",
+    )
     publish_timeout_s: float = Field(default=5.0, gt=0)
     outbox_interval_s: float = Field(default=1.0, gt=0)

@@ -19,12 +19,13 @@ from services.retrainer.settings import RetrainerSettings
 from services.shared.consumer import ConsumerRuntime, Subscription
 from services.shared.faust_app import run_worker
 from services.shared.logging_setup import configure_logging
+from services.shared.redis_store import async_redis
 
 log = logging.getLogger(__name__)
 
 
 def build_runtime(settings: RetrainerSettings, handler: RetrainHandler | None = None) -> ConsumerRuntime:
-    handler = handler or RetrainHandler(settings)
+    handler = handler or RetrainHandler(settings, redis=async_redis(settings.redis_url))
     return ConsumerRuntime(
         worker="retrainer",
         settings=settings,

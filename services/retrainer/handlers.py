@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import mlflow
+import redis.asyncio as aioredis
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
@@ -69,8 +70,10 @@ from services.shared.consumer import Message
 from services.shared.identifiers import is_filter_safe
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
+from services.shared.leases import lease
 from services.shared.mlflow_conventions import standard_tags
 from services.shared.mlflow_registry import RegistryAdapter
+from services.shared.redis_store import RedisKeys
 from services.shared.retry import retry, retry_forever
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ class RetrainHandler:
         trainers: dict[str, Trainer] | None = None,
         dspy_lm: Any | None = None,
         events: EventPublisher | None = None,
+        redis: aioredis.Redis | None = None,
     ) -> None:
         self.settings = settings
         uri = settings.mlflow_tracking_uri
@@ -111,6 +115,8 @@ class RetrainHandler:
             timeout_s=10.0,
         )
         self.runs = RetrainingRuns(self.client, settings.retrainer_experiment, uri)
+        self.keys = RedisKeys(settings.redis_prefix)
+        self.redis = redis
         self._lock = threading.Lock()
 
     # --- the stream side ---------------------------------------------------------------------------
@@ -120,8 +126,15 @@ class RetrainHandler:
             await self.handle_event(cast(RetrainingRequested, message.event))
 
     async def handle_event(self, event: RetrainingRequested) -> RetrainResult:
-        """Handle one request to its end: outcome recorded in MLflow, then RetrainingFinished acked."""
-        result = await self._handle(event)
+        """Handle one request to its end: outcome recorded in MLflow, then RetrainingFinished acked.
+
+        Under a lease per request: during a rebalance two instances can hold the same request, and the
+        second must find the first one's outcome rather than train a second version."""
+        if self.redis is None:
+            result = await self._handle(event)
+        else:
+            async with lease(self.redis, self.keys.retraining_lease(event.event_id)):
+                result = await self._handle(event)
         await self.publish_finished(event, result)
         return result
 

@@ -40,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from events import Event, EventDecodeError, decode
 from services.shared.faust_app import event_topic, make_faust_app
+from services.shared.kafka.admin import check_topics
 from services.shared.retry import retry_forever
 from services.shared.settings import FlywheelSettings
 
@@ -155,6 +156,9 @@ class ConsumerRuntime:
     async def _start(self) -> None:
         """Start-up tasks in order (each retried until it succeeds), then the long-running tasks that
         need them (e.g. an HTTP API over restored state) side by side."""
+        await asyncio.to_thread(
+            check_topics, self.settings, [s.topic for s in self.subscriptions], self.worker
+        )
         for task in self.startup:
             await retry_forever(task, f"{self.worker} start-up ({getattr(task, '__name__', task)})")
         self.started = True

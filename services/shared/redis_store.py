@@ -40,6 +40,10 @@ class RedisKeys:
         """Hash alias -> version: what the watcher last published for `model`."""
         return f"{self.prefix}:watcher:aliases:{model}"
 
+    def registry_identity(self) -> str:
+        """The identity of the MLflow registry the watcher's alias state belongs to."""
+        return f"{self.prefix}:watcher:registry-id"
+
     def alias_state_models(self) -> str:
         return f"{self.prefix}:watcher:models"
 
@@ -99,8 +103,16 @@ class RedisKeys:
         """trace id -> request id of a served prediction (feedback by trace id)."""
         return f"{self.prefix}:trace-request:{trace_id}"
 
+    def feedback_rate(self, user_id: str, minute: int) -> str:
+        """Counter of one user's ratings in one minute (the gateway's per-user rate limit)."""
+        return f"{self.prefix}:gateway:feedback-rate:{user_id}:{minute}"
+
     def feedback_seen(self, request_id: str, user_id: str) -> str:
         return f"{self.prefix}:feedback-seen:{request_id}:{user_id}"
+
+    def retraining_lease(self, request_event_id: str) -> str:
+        """Held by the retrainer instance handling one request (two must never train it at once)."""
+        return f"{self.prefix}:retrainer:lease:{request_event_id}"
 
     # feedback aggregation
     def feedback_state(self, model: str) -> str:

@@ -56,6 +56,16 @@ class FlywheelSettings(BaseSettings):
         default="standard",
         description="'standard' for Apache Kafka; 'embedded' applies the Tansu broker workarounds.",
     )
+    kafka_partitions: int = Field(
+        default=6,
+        ge=1,
+        le=1000,
+        description="Partitions of Flywheel's topics when they are created (the key is the model name, so "
+        "this bounds how many instances of a worker share the work).",
+    )
+    kafka_replication_factor: int = Field(
+        default=1, ge=1, le=10, description="Replication factor of created topics (3 on a 3-broker cluster)."
+    )
     redis_prefix: str = Field(default="flywheel", min_length=1, description="Namespace of Redis keys.")
     champion_alias: str = Field(default="champion", min_length=1)
     challenger_alias: str = Field(default="challenger", min_length=1)

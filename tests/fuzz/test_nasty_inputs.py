@@ -96,9 +96,10 @@ def test_a_lone_surrogate_leaves_the_replica_publishing_and_taking_feedback(fuzz
         reader.close()
     feedback = {
         "request_id": body["request_id"],
+        "feedback_token": body["feedback_token"],
         "rating": "thumbs_down",
         "corrected_output": 1,
-        "user_id": "u1",
+        "user_id": "fuzz-user",
     }
     resp = fuzz_stack.request(
         fuzz_stack.gateway,

@@ -30,6 +30,9 @@ from tests.support import TopicReader, unique
 pytestmark = pytest.mark.integration
 
 
+FEEDBACK_SECRET = "tests-feedback-secret"
+
+
 def record(i: int = 0) -> dict[str, float]:
     row = wine_data().test_x.iloc[i]
     return {k: float(v) for k, v in row.items()}
@@ -78,6 +81,8 @@ def gateway(stack: Endpoints, stack_env: dict[str, str], prefix: str) -> Iterato
         replica_id=f"test-{prefix}",
         reconcile_interval_s=1.0,
         reload_retry_initial_s=0.2,
+        feedback_secret=FEEDBACK_SECRET,
+        feedback_rate_per_minute=5,
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
@@ -220,6 +225,7 @@ def test_feedback_recorded_on_trace_and_published_once(
     try:
         body = {
             "request_id": served["request_id"],
+            "feedback_token": served["feedback_token"],
             "rating": "thumbs_down",
             "corrected_output": 1,
             "comment": "wrong class",
@@ -232,10 +238,26 @@ def test_feedback_recorded_on_trace_and_published_once(
             "feedback_id": first.json()["feedback_id"],
             "duplicate": True,
         }
-        by_trace = gateway.post(
-            "/v1/feedback", json={"trace_id": served["trace_id"], "rating": "thumbs_up", "user_id": "carol"}
+        carol = gateway.post(  # another user cannot use bob's token
+            "/v1/feedback",
+            json={
+                "trace_id": served["trace_id"],
+                "feedback_token": served["feedback_token"],
+                "rating": "thumbs_up",
+                "user_id": "carol",
+            },
         )
-        assert by_trace.status_code == 202 and by_trace.json()["duplicate"] is False
+        assert carol.status_code == 401 and "feedback_token invalid" in carol.text
+        by_trace = gateway.post(
+            "/v1/feedback",
+            json={
+                "trace_id": served["trace_id"],
+                "feedback_token": served["feedback_token"],
+                "user_id": "bob",
+            }
+            | {"rating": "thumbs_up"},
+        )
+        assert by_trace.status_code == 202 and by_trace.json()["duplicate"] is True
         events = reader.wait_for(
             lambda e: isinstance(e, FeedbackRecorded) and e.request_id == served["request_id"], 2
         )
@@ -312,7 +334,13 @@ def test_export_dataset_from_traces_prefers_corrections(
     for s, r in zip(served, ratings, strict=True):
         assert (
             gateway.post(
-                "/v1/feedback", json={"request_id": s["request_id"], "user_id": user, **r}
+                "/v1/feedback",
+                json={
+                    "request_id": s["request_id"],
+                    "feedback_token": s["feedback_token"],
+                    "user_id": user,
+                    **r,
+                },
             ).status_code
             == 202
         )
@@ -382,3 +410,81 @@ def test_export_dataset_from_traces_prefers_corrections(
     assert {r["request_id"] for r in table} & ours == {served[0]["request_id"], served[3]["request_id"]}
     bad = runner.invoke(app, ["export-dataset", "--model", name, "--format", "xml", "--tracking-uri", "x"])
     assert bad.exit_code != 0 and "--format" in bad.output
+
+
+def test_feedback_cannot_be_forged_and_nothing_is_published_for_a_refused_one(
+    gateway: TestClient, wine_model: tuple[str, dict[str, float]], stack: Endpoints, resolution: Resolution
+) -> None:
+    from events import FEEDBACK_RECORDED
+
+    name, _ = wine_model
+    resolution.move(name, "champion", "2")
+    wait_for_version(gateway, name, "2")
+    user = unique("dave")
+    served = gateway.post(f"/v1/models/{name}/predict", json={"inputs": record(5), "user_id": user}).json()
+    other = gateway.post(f"/v1/models/{name}/predict", json={"inputs": record(6), "user_id": user}).json()
+    base = {"request_id": served["request_id"], "user_id": user, "rating": "thumbs_down"}
+    reader = TopicReader(stack, FEEDBACK_RECORDED)
+    try:
+        refused = {
+            "no token": gateway.post("/v1/feedback", json=base),
+            "another prediction's token": gateway.post(
+                "/v1/feedback", json={**base, "feedback_token": other["feedback_token"]}
+            ),
+            "a forged token": gateway.post(
+                "/v1/feedback", json={**base, "feedback_token": "v1.9999999999.AAAA"}
+            ),
+            "a correction the model cannot output": gateway.post(
+                "/v1/feedback",
+                json={**base, "feedback_token": served["feedback_token"], "corrected_output": "class b"},
+            ),
+            "a correction of two labels": gateway.post(
+                "/v1/feedback",
+                json={**base, "feedback_token": served["feedback_token"], "corrected_output": [1, 2]},
+            ),
+        }
+        assert {k: r.status_code for k, r in refused.items()} == {
+            "no token": 401,
+            "another prediction's token": 401,
+            "a forged token": 401,
+            "a correction the model cannot output": 422,
+            "a correction of two labels": 422,
+        }
+        assert refused["a correction the model cannot output"].json()["field"] == "corrected_output"
+        reader.settle(1.5)
+        assert reader.events(lambda e: getattr(e, "request_id", None) == served["request_id"]) == []
+    finally:
+        reader.close()
+    ok = gateway.post(
+        "/v1/feedback", json={**base, "feedback_token": served["feedback_token"], "corrected_output": 1}
+    )
+    assert ok.status_code == 202, ok.text
+
+
+def test_feedback_is_rate_limited_per_user(
+    gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution
+) -> None:
+    name, _ = wine_model
+    resolution.move(name, "champion", "2")
+    wait_for_version(gateway, name, "2")
+    user = unique("eve")
+    statuses = []
+    for i in range(7):  # the fixture allows 5 ratings per user and minute
+        served = gateway.post(
+            f"/v1/models/{name}/predict", json={"inputs": record(i), "user_id": user}
+        ).json()
+        statuses.append(
+            gateway.post(
+                "/v1/feedback",
+                json={
+                    "request_id": served["request_id"],
+                    "feedback_token": served["feedback_token"],
+                    "user_id": user,
+                    "rating": "thumbs_up",
+                },
+            ).status_code
+        )
+    # a minute boundary inside the loop can reset the window once; at most 5 per window pass
+    assert statuses.count(202) in (5, 6, 7) and statuses[:5] == [202] * 5
+    if statuses.count(202) == 5:
+        assert statuses[5:] == [429, 429]

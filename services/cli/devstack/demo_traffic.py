@@ -92,7 +92,11 @@ class TrafficClient:
                 with self.traffic.lock:
                     self.variants.setdefault((body["variant"], str(body["version"])), []).append(correct)
                 if self.feedback:
-                    rating = {"request_id": body["request_id"], "user_id": user}
+                    rating = {
+                        "request_id": body["request_id"],
+                        "user_id": user,
+                        "feedback_token": body.get("feedback_token"),
+                    }
                     rating |= (
                         {"rating": "thumbs_up"}
                         if correct

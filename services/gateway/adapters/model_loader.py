@@ -38,6 +38,9 @@ class LoadedModel:
     predict: Predict = field(repr=False)
     input_fields: tuple[InputField, ...] | None
     model_id: str | None = None
+    # The output signature (corrections are checked against it); None = no signature. An unnamed
+    # output (a classifier's label) has the name "".
+    output_fields: tuple[InputField, ...] | None = None
     run_id: str | None = None
     load_seconds: float = 0.0
 
@@ -51,6 +54,17 @@ def _pyfunc_fields(pyfunc_model: Any) -> tuple[InputField, ...] | None:
         type_name = getattr(getattr(spec, "type", None), "name", "any")
         fields.append(InputField(spec.name, str(type_name), bool(getattr(spec, "required", True))))
     return tuple(fields)
+
+
+def _pyfunc_outputs(pyfunc_model: Any) -> tuple[InputField, ...] | None:
+    schema = pyfunc_model.metadata.get_output_schema()
+    if schema is None or not schema.inputs:
+        return None
+    named = schema.has_input_names()
+    return tuple(
+        InputField(spec.name if named else "", str(getattr(getattr(spec, "type", None), "name", "any")))
+        for spec in schema.inputs
+    )
 
 
 def _pyfunc_predict(pyfunc_model: Any) -> Predict:
@@ -161,9 +175,11 @@ class MlflowModelLoader:
             input_fields, output_fields = _dspy_fields(program)
             lm = self._lm_factory(output_fields)
             predict, flavour, fields = _dspy_predict(program, lm), "dspy", input_fields or None
+            outputs = tuple(InputField(n, "string") for n in output_fields) or None
         else:
             pyfunc_model = mlflow.pyfunc.load_model(uri)
             predict, flavour, fields = _pyfunc_predict(pyfunc_model), "pyfunc", _pyfunc_fields(pyfunc_model)
+            outputs = _pyfunc_outputs(pyfunc_model)
         seconds = time.perf_counter() - started
         log.info("loaded %s version %s (%s) in %.2fs", ref.name, version, flavour, seconds)
         return LoadedModel(
@@ -172,6 +188,7 @@ class MlflowModelLoader:
             flavour=flavour,
             predict=predict,
             input_fields=fields,
+            output_fields=outputs,
             model_id=getattr(mv, "model_id", None) or info.model_uuid,
             run_id=mv.run_id,
             load_seconds=seconds,

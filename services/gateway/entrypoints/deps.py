@@ -15,6 +15,7 @@ from services.gateway.adapters.model_loader import LoadedModel, MlflowModelLoade
 from services.gateway.adapters.request_log import RequestLog
 from services.gateway.adapters.tracing import PredictionTracer
 from services.gateway.adapters.traffic_router import TrafficRouter
+from services.gateway.domain.feedback_token import FeedbackTokens
 from services.gateway.domain.model_manager import ModelManager
 from services.gateway.domain.serving_table import ServingTable
 from services.gateway.entrypoints.reload_listener import ReloadListener
@@ -43,6 +44,7 @@ class Gateway:
     router: TrafficRouter
     request_log: RequestLog
     feedback: FeedbackService
+    tokens: FeedbackTokens | None
     started: asyncio.Event
 
 

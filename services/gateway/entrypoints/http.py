@@ -77,8 +77,11 @@ async def model_status(gw: GatewayDep, name: ModelName) -> dict[str, Any]:
     status_code=202,
     tags=["feedback"],
     responses={
+        401: {"description": "No valid feedback_token for this request and user_id."},
+        403: {"description": "The token expired, or feedback is closed (no FLYWHEEL_FEEDBACK_SECRET)."},
         404: {"description": "No served prediction with this request_id / trace_id."},
         413: {"description": "Body larger than the limit."},
+        429: {"description": "Too many ratings from this user this minute (Retry-After)."},
         422: {"description": "Invalid body; `field` names the culprit."},
         503: {"description": "MLflow, Redis or Kafka cannot take it now; nothing was counted, retry."},
     },

@@ -38,6 +38,24 @@ redis.call('SADD', KEYS[4], ARGV[3])
 return rev
 """
 
+# KEYS: identity key, models set. ARGV: identity, adopt ("1"/"0"), alias-state key prefix.
+# Returns {status, stored identity}: bound (was empty), same, adopted (old state dropped), refused.
+_BIND_LUA = """
+local stored = redis.call('GET', KEYS[1])
+if not stored then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return {'bound', ARGV[1]}
+end
+if stored == ARGV[1] then return {'same', stored} end
+if ARGV[2] ~= '1' then return {'refused', stored} end
+for _, model in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  redis.call('DEL', ARGV[3] .. model)
+end
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1])
+return {'adopted', stored}
+"""
+
 _ACK_LUA = """
 redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1)
 if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
@@ -58,6 +76,15 @@ class AliasStateStore:
         self._keys = keys
         self._commit = redis.register_script(_COMMIT_LUA)
         self._ack = redis.register_script(_ACK_LUA)
+        self._bind = redis.register_script(_BIND_LUA)
+
+    async def bind(self, registry_id: str, *, adopt: bool) -> tuple[str, str]:
+        """(status, identity stored before) — see `adapters/registry_identity.py`."""
+        keys = [self._keys.registry_identity(), self._keys.alias_state_models()]
+        status, stored = await self._bind(
+            keys=keys, args=[registry_id, "1" if adopt else "0", self._keys.alias_state("")]
+        )
+        return str(status), str(stored)
 
     async def snapshot(self, model: str) -> AliasSnapshot:
         raw = cast(dict[str, str], await self._redis.hgetall(self._keys.alias_state(model)))

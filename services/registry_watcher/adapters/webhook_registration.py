@@ -42,3 +42,28 @@ def register_webhook(
         existing.webhook_id, url=url, events=events, secret=secret, status=WebhookStatus.ACTIVE
     )
     return Registration(existing.webhook_id, False, url)
+
+
+@dataclass(frozen=True)
+class DeliveryCheck:
+    ok: bool
+    detail: str
+
+
+def check_delivery(client: MlflowClient, webhook_id: str) -> DeliveryCheck:
+    """Ask MLflow to send a test delivery now (signed, to the registered URL) and say what came back.
+
+    The test uses a `registered_model.created` payload, which the watcher verifies and then ignores,
+    so it proves reachability and the shared secret without publishing anything. It cannot prove that
+    alias changes are delivered yet: MLflow caches its webhook list (MLFLOW_WEBHOOK_CACHE_TTL, 60 s by
+    default), so a webhook registered on a running server fires for alias changes only after that."""
+    try:
+        result = client.test_webhook(webhook_id, event="registered_model.created")
+    except Exception as exc:
+        return DeliveryCheck(False, f"MLflow could not send a test delivery: {exc}")
+    if result.success:
+        return DeliveryCheck(True, f"test delivery answered {result.response_status}")
+    status = f"HTTP {result.response_status}" if result.response_status else "no answer"
+    return DeliveryCheck(
+        False, f"test delivery failed ({status}): {result.error_message or result.response_body}"
+    )

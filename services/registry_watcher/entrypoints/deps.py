@@ -18,6 +18,18 @@ from services.shared.redis_store import RedisKeys
 
 
 @dataclass
+class Binding:
+    """Whether this watcher may publish: its alias state belongs to the registry it watches."""
+
+    status: str = "pending"  # pending | bound | same | adopted | refused
+    detail: str = "the registry identity has not been checked yet"
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("bound", "same", "adopted")
+
+
+@dataclass
 class Watcher:
     """Everything the endpoint needs, built once per process in the lifespan."""
 
@@ -29,6 +41,7 @@ class Watcher:
     relay: OutboxRelay
     recorder: AliasChangeRecorder
     poller: RegistryPoller
+    binding: Binding
 
 
 def get_watcher(request: Request) -> Watcher:

@@ -104,6 +104,9 @@ async def mlflow_webhook(request: Request, watcher: WatcherDep) -> JSONResponse:
         metrics.REJECTED.labels(reason="invalid_payload").inc()
         return _error(422, "invalid_payload", str(exc), field=exc.field)
 
+    if not watcher.binding.ok:  # another registry's alias state, or not checked yet: publish nothing
+        metrics.REJECTED.labels(reason=f"registry_{watcher.binding.status}").inc()
+        return _error(503, f"registry_{watcher.binding.status}", watcher.binding.detail)
     delivery_key = watcher.keys.webhook_delivery(delivery.delivery_id)
     try:
         if await watcher.redis.exists(delivery_key):

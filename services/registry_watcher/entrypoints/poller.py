@@ -74,9 +74,10 @@ class RegistryPoller:
         candidates = known | set(self._models or [])
         snapshots = await self._state.snapshots(candidates)
         observed, from_stages = await asyncio.to_thread(self._observe, self._models)
-        changed = 0
+        changed = repaired = 0
         for model in sorted(candidates | {m for m in observed if self._watched(m)}):
             snapshot = snapshots.get(model)
+            known_before = snapshot is not None and snapshot.rev != "0"
             if snapshot is not None:
                 aliases = observed.get(model, {})
                 stage_set = from_stages.get(model, set())
@@ -92,12 +93,21 @@ class RegistryPoller:
                 ok = await self._recorder.reconcile(snapshot, aliases, self._source_of(stage_set))
                 if ok:
                     changed += 1
+                    repaired += known_before and not stage_set
                     break
                 # A webhook committed meanwhile: re-snapshot, then re-read this model only.
                 snapshot = await self._state.snapshot(model)
                 fresh, fresh_stages = await asyncio.to_thread(self._observe, [model])
                 aliases = fresh.get(model, {})
                 stage_set = fresh_stages.get(model, set())
+        if repaired:
+            metrics.POLL_REPAIRS.inc(repaired)
+            log.warning(
+                "the poller published alias changes of %d model(s) that no webhook delivered: is Flywheel's "
+                "MLflow webhook registered (`flywheel webhook register`), reachable from the MLflow server, "
+                "and older than MLFLOW_WEBHOOK_CACHE_TTL (MLflow caches its webhook list, 60 s by default)?",
+                repaired,
+            )
         self.last_success = time.time()
         metrics.POLLS.inc()
         metrics.POLL_DURATION.observe(time.perf_counter() - started)

@@ -1,0 +1,77 @@
+"""A registry is not its namespace: a watcher whose Redis namespace holds another registry's alias state
+publishes nothing (no deletions of every alias), says why, and adopts the namespace only when told to."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from events import AliasChanged
+from services.cli.devstack.stack import Endpoints
+from services.registry_watcher.adapters.registry_identity import registry_identity
+from services.registry_watcher.bootstrap import create_app
+from services.registry_watcher.settings import WatcherSettings
+from services.shared.redis_store import RedisKeys
+from tests.support import TopicReader, alias_payload, signed_headers, unique
+
+pytestmark = pytest.mark.integration
+SECRET = "identity-secret"
+
+
+def settings_for(stack: Endpoints, prefix: str, **overrides: object) -> WatcherSettings:
+    values: dict[str, object] = {
+        "mlflow_tracking_uri": stack.mlflow_tracking_uri,
+        "kafka_bootstrap_servers": stack.kafka_bootstrap_servers,
+        "redis_url": stack.redis_url,
+        "kafka_profile": stack.kafka_profile,
+        "redis_prefix": prefix,
+        "webhook_secret": SECRET,
+        "poll_interval_s": 0.2,
+    }
+    return WatcherSettings(**(values | overrides))  # type: ignore[arg-type]
+
+
+def test_the_registry_identity_is_stable_and_shared(stack: Endpoints) -> None:
+    client = MlflowClient(stack.mlflow_tracking_uri)
+    assert registry_identity(client) == registry_identity(client)
+
+
+def test_another_registrys_namespace_is_refused_then_adopted_only_when_told(
+    stack: Endpoints, redis_client: redis.Redis, alias_topic: TopicReader
+) -> None:
+    prefix, model = unique("ns"), unique("m")
+    client = MlflowClient(stack.mlflow_tracking_uri)
+    client.create_registered_model(model)
+    client.create_model_version(model, source="s3://flywheel-tests/model", run_id=None)
+    client.set_registered_model_alias(model, "champion", "1")
+    keys = RedisKeys(prefix)
+    # What an older registry left in this namespace: its identity and aliases this registry lacks.
+    redis_client.set(keys.registry_identity(), "an-older-registry")
+    redis_client.hset(keys.alias_state(model), mapping={"champion": "7", "challenger": "8", "__rev": "3"})
+    redis_client.sadd(keys.alias_state_models(), model)
+    body = alias_payload(model, "champion", "1")
+
+    with TestClient(create_app(settings_for(stack, prefix))) as refused:
+        time.sleep(1.5)  # several poll intervals: a watcher that did poll would publish deletions
+        resp = refused.post("/webhooks/mlflow", content=body, headers=signed_headers(SECRET, body))
+        assert resp.status_code == 503 and resp.json()["error"] == "registry_refused"
+        assert (
+            "an-older-registry" in resp.json()["detail"]
+            and "FLYWHEEL_REGISTRY_ADOPT" in resp.json()["detail"]
+        )
+        ready = refused.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["registry"] != "ok"
+    alias_topic.settle(0.5)
+    assert alias_topic.events(lambda e: isinstance(e, AliasChanged) and e.model == model) == []
+    assert redis_client.hget(keys.alias_state(model), "champion") == "7"  # untouched
+
+    with TestClient(create_app(settings_for(stack, prefix, registry_adopt=True))) as adopted:
+        events = alias_topic.wait_for(lambda e: isinstance(e, AliasChanged) and e.model == model, 1, 20)
+        assert adopted.get("/readyz").status_code == 200
+    published = [(e.alias, e.action.value, e.version) for e in events]  # type: ignore[attr-defined]
+    assert published == [("champion", "set", "1")]  # this registry's aliases as they are, no deletion
+    assert redis_client.get(keys.registry_identity()) == registry_identity(client)
