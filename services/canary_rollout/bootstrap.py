@@ -94,7 +94,9 @@ def build_runtime(settings: CanarySettings, service: RolloutService | None = Non
         timers=[Timer(settings.canary_tick_s, svc.tick, "tick")],
         startup=[svc.restore],
         after_startup=[serve_api],
+        on_assignment=[svc.restore],
     )
+    svc.owns = lambda model: runtime.owns(ALIAS_CHANGED, model)
     return runtime
 
 

@@ -6,13 +6,23 @@ ticks, admin actions) with their command execution, so a decision's effects are 
 decision about the same model is taken. Observations only count (no I/O) and are persisted with the next
 tick; a crash loses at most one tick of samples, never a decision (commands are executed, then the state
 is saved, then the event's offset is committed; a replay repeats decisions with the same event ids).
+
+Several instances share the work by Kafka partition: a model is decided by the one instance that owns
+its partition (`owns`), which holds its machine in memory; when the assignment changes, machines that
+moved are dropped and the new owner loads them from Redis. An admin action that reaches another
+instance is handed to the owner through Redis (`submit`), so every decision about a model is taken in
+one place: never two promotions, never a step skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
+import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +30,7 @@ from events import AliasChanged, FeedbackRecorded, InferenceRecorded
 from services.canary_rollout import metrics
 from services.canary_rollout.adapters.executor import CommandExecutor
 from services.canary_rollout.adapters.store import RolloutStore
-from services.canary_rollout.domain import Outcome, RolloutMachine
+from services.canary_rollout.domain import InvalidTransition, Outcome, RolloutMachine
 from services.canary_rollout.settings import CanarySettings
 from services.shared.mlflow_registry import RegistryAdapter
 
@@ -45,6 +55,7 @@ class RolloutService:
         self.machines: dict[str, RolloutMachine] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._dirty: set[str] = set()
+        self.owns: Callable[[str], bool] = lambda model: True
 
     async def machine(self, model: str) -> RolloutMachine:
         machine = self.machines.get(model)
@@ -54,9 +65,17 @@ class RolloutService:
         return machine
 
     async def restore(self) -> None:
-        """Load every persisted rollout, so active ones keep being evaluated after a restart."""
+        """Load every persisted rollout this instance owns (at start and after each rebalance), so active
+        ones keep being evaluated; forget the ones another instance owns now."""
+        for model in list(self.machines):
+            if not self.owns(model):
+                async with self._locks[model]:
+                    if model in self._dirty:  # its samples since the last tick go with it
+                        await self.store.save(self.machines[model])
+                    self.machines.pop(model, None)
+                    self._dirty.discard(model)
         for model in await self.store.models():
-            if self.settings.watches(model):
+            if self.settings.watches(model) and self.owns(model) and model not in self.machines:
                 machine = await self.machine(model)
                 if machine.active is not None:
                     log.info(
@@ -116,13 +135,62 @@ class RolloutService:
 
     async def tick(self, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
+        await self.run_commands()
         for model, machine in list(self.machines.items()):
+            if not self.owns(model):
+                continue
             if machine.active is None and model not in self._dirty:
                 continue
             async with self._locks[model]:
                 outcome = machine.tick(now)
                 if outcome.commands or model in self._dirty:
                     await self._apply(machine, outcome)
+
+    async def submit(
+        self, model: str, action: str, actor: str, reason: str | None = None, timeout_s: float = 15.0
+    ) -> list[dict[str, Any]]:
+        """An admin action wherever it arrives: applied here when this instance owns the model, else
+        handed to the owner through Redis and awaited. Returns the decisions (JSON); raises
+        InvalidTransition (-> 409), or TimeoutError when no instance owns the model right now (-> 503)."""
+        if self.owns(model):
+            outcome = await self.admin(model, action, actor, reason)
+            return [d.model_dump(mode="json") for d in outcome.decisions]
+        command_id = uuid.uuid4().hex
+        command = {"id": command_id, "action": action, "actor": actor, "reason": reason}
+        await self.store.enqueue_command(model, json.dumps(command))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            raw = await self.store.command_result(command_id)
+            if raw is not None:
+                result = json.loads(raw)
+                if result.get("error"):
+                    raise InvalidTransition(result["error"])
+                return list(result["decisions"])
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"no canary instance took the {action} of {model} within {timeout_s:.0f}s")
+
+    async def run_commands(self) -> None:
+        """Admin actions other instances handed over for the models this one owns."""
+        for model in sorted(await self.store.models_with_commands()):
+            if not self.owns(model):
+                continue
+            for raw in await self.store.take_commands(model):
+                command = json.loads(raw)
+                try:
+                    outcome = await self.admin(model, command["action"], command["actor"], command["reason"])
+                    result: dict[str, Any] = {
+                        "decisions": [d.model_dump(mode="json") for d in outcome.decisions]
+                    }
+                except (InvalidTransition, ValueError) as exc:
+                    result = {"error": str(exc)}
+                await self.store.set_command_result(command["id"], json.dumps(result))
+
+    async def view_of(self, model: str) -> dict[str, Any] | None:
+        """The view wherever the request arrives: from memory when owned here, else as Redis holds it."""
+        if model in self.machines:
+            return self.view(model)
+        machine = await self.store.load(model, self.policy)
+        return _view(model, machine)
 
     async def admin(self, model: str, action: str, actor: str, reason: str | None = None) -> Outcome:
         """promote | abort | pause | resume; raises InvalidTransition (-> 409) when not applicable."""
@@ -137,26 +205,30 @@ class RolloutService:
     def view(self, model: str) -> dict[str, Any] | None:
         """JSON view of a model's current/last rollout for the API and dashboard."""
         machine = self.machines.get(model)
-        if machine is None or machine.rollout is None:
-            return None
-        r = machine.rollout
-        return {
-            "model": model,
-            "rollout_id": r.rollout_id,
-            "status": r.status.value,
-            "active": r.active,
-            "step": r.step,
-            "weight": r.weight,
-            "weights": list(r.policy.weights),
-            "champion_version": r.champion_version,
-            "challenger_version": r.challenger_version,
-            "failed_checks": r.failed_checks,
-            "started_at": r.started_at.isoformat(),
-            "step_started_at": r.step_started_at.isoformat(),
-            "ended_at": r.ended_at.isoformat() if r.ended_at else None,
-            "totals": {
-                "champion": r.champion_total.rates(),
-                "challenger": r.challenger_total.rates(),
-            },
-            "last_decision": r.last_decision.model_dump(mode="json") if r.last_decision else None,
-        }
+        return _view(model, machine) if machine is not None else None
+
+
+def _view(model: str, machine: RolloutMachine) -> dict[str, Any] | None:
+    if machine.rollout is None:
+        return None
+    r = machine.rollout
+    return {
+        "model": model,
+        "rollout_id": r.rollout_id,
+        "status": r.status.value,
+        "active": r.active,
+        "step": r.step,
+        "weight": r.weight,
+        "weights": list(r.policy.weights),
+        "champion_version": r.champion_version,
+        "challenger_version": r.challenger_version,
+        "failed_checks": r.failed_checks,
+        "started_at": r.started_at.isoformat(),
+        "step_started_at": r.step_started_at.isoformat(),
+        "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+        "totals": {
+            "champion": r.champion_total.rates(),
+            "challenger": r.challenger_total.rates(),
+        },
+        "last_decision": r.last_decision.model_dump(mode="json") if r.last_decision else None,
+    }

@@ -125,8 +125,8 @@ class StackRunner:
     def start_watcher(
         self, extra_env: Mapping[str, str] | None = None, register: bool = True
     ) -> RunningService:
-        watcher = self.start_service(
-            "registry-watcher", port_var="FLYWHEEL_WATCHER_PORT", extra_env=extra_env
+        watcher = self.start_service(  # ready: Redis, Kafka and the registry identity checked
+            "registry-watcher", port_var="FLYWHEEL_WATCHER_PORT", extra_env=extra_env, ready_path="/readyz"
         )
         if register:
             self.register_webhook(f"{watcher.url}/webhooks/mlflow")

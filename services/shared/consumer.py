@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
+from kafka.partitioner.default import murmur2
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from events import Event, EventDecodeError, decode
@@ -113,8 +114,20 @@ class ConsumerRuntime:
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     faust_overrides: dict[str, Any] = field(default_factory=dict)
+    on_assignment: Sequence[Callable[[], Awaitable[object]]] = ()
     assigned: bool = False
     started: bool = False
+    # What this instance consumes now (topic -> partitions) and how many partitions each topic has.
+    partitions: dict[str, set[int]] = field(default_factory=dict)
+    topic_partitions: dict[str, int] = field(default_factory=dict)
+
+    def owns(self, topic: str, key: str) -> bool:
+        """Whether events keyed `key` on `topic` come to this instance now (Kafka's default partitioner:
+        murmur2 of the key). With the partition count unknown, a single instance is assumed."""
+        count = self.topic_partitions.get(topic)
+        if not count:
+            return True
+        return partition_of(key, count) in self.partitions.get(topic, set())
 
     @property
     def ready(self) -> bool:
@@ -138,10 +151,20 @@ class ConsumerRuntime:
 
         async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
             assigned = args[0] if args else kwargs.get("assigned", ())
+            for tp in assigned:
+                self.partitions.setdefault(tp.topic, set()).add(tp.partition)
             self.assigned = True
             log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+            await self._assignment_changed()
 
-        app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode's handler type vs async def
+        async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+            revoked = args[0] if args else kwargs.get("revoked", ())
+            for tp in revoked:
+                self.partitions.get(tp.topic, set()).discard(tp.partition)
+
+        # mode's handler type (a generic callable union) does not accept a plain async def under mypy.
+        app.on_partitions_assigned.connect(cast(Any, on_assigned))
+        app.on_partitions_revoked.connect(cast(Any, on_revoked))
 
         async def stop(*_: Any, **__: Any) -> None:
             for hook in self.on_stop:
@@ -153,6 +176,13 @@ class ConsumerRuntime:
         app.on_before_shutdown.connect(cast(Any, stop))
         return app
 
+    async def _assignment_changed(self) -> None:
+        for hook in self.on_assignment:
+            try:
+                await hook()
+            except Exception:
+                log.exception("%s: reacting to the new partition assignment failed", self.worker)
+
     async def _start(self) -> None:
         """Start-up tasks in order (each retried until it succeeds), then the long-running tasks that
         need them (e.g. an HTTP API over restored state) side by side."""
@@ -162,6 +192,8 @@ class ConsumerRuntime:
         for task in self.startup:
             await retry_forever(task, f"{self.worker} start-up ({getattr(task, '__name__', task)})")
         self.started = True
+        if self.assigned:  # the partition counts are known now: let owners re-evaluate what is theirs
+            await self._assignment_changed()
         if self.after_startup:
             await asyncio.gather(*(task() for task in self.after_startup))
 
@@ -245,6 +277,11 @@ class ConsumerRuntime:
         @app.page("/metrics")
         async def metrics(view: Any, request: Any) -> Any:
             return view.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java's, kafka-python's, aiokafka's) gives `key`."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 def _position(delivered: Any) -> tuple[int, int, bytes | None]:

@@ -92,6 +92,16 @@ class RedisKeys:
         """List of DecisionRecord JSON, oldest first (capped): the dashboard's history."""
         return f"{self.prefix}:canary:decisions:{model}"
 
+    def rollout_commands(self, model: str) -> str:
+        """Admin actions waiting for the canary instance that owns `model`."""
+        return f"{self.prefix}:canary:commands:{model}"
+
+    def rollout_commands_pending(self) -> str:
+        return f"{self.prefix}:canary:commands-pending"
+
+    def rollout_command_result(self, command_id: str) -> str:
+        return f"{self.prefix}:canary:command-result:{command_id}"
+
     def rollout_aliases(self, model: str) -> str:
         """Hash alias -> version as seen on the alias-changed stream (champion at challenger time)."""
         return f"{self.prefix}:canary:aliases:{model}"

@@ -41,8 +41,13 @@ class Watcher:
         env = dict(self.env)
         if self.port:
             env["FLYWHEEL_WATCHER_PORT"] = str(self.port)
-        self.proc, self.port = start_service(
-            "registry-watcher", self.stack, self.workdir, env, port_var="FLYWHEEL_WATCHER_PORT"
+        self.proc, self.port = start_service(  # ready = Redis, Kafka and the registry identity checked
+            "registry-watcher",
+            self.stack,
+            self.workdir,
+            env,
+            port_var="FLYWHEEL_WATCHER_PORT",
+            health_path="/readyz",
         )
         return self
 

@@ -1,5 +1,6 @@
 """Redis persistence of the canary service: rollout state per model, the traffic split, decision history,
-and the alias view (champion/challenger versions as the alias-changed stream told us)."""
+the alias view (champion/challenger versions as the alias-changed stream told us), and the admin
+commands an instance hands to the instance that owns the model (with their results)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from services.shared.redis_store import RedisKeys
 from services.shared.traffic import TrafficSplit
 
 HISTORY = 500  # decisions kept per model for the dashboard
+RESULT_TTL_S = 120
 
 
 class RolloutStore:
@@ -72,3 +74,27 @@ class RolloutStore:
             await self.redis.hdel(key, alias)
         else:
             await self.redis.hset(key, alias, version)
+
+    # --- admin commands for the owning instance ---------------------------------------------------------
+    async def enqueue_command(self, model: str, command: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.keys.rollout_commands(model), command)
+            pipe.sadd(self.keys.rollout_commands_pending(), model)
+            await pipe.execute()
+
+    async def models_with_commands(self) -> set[str]:
+        return cast(set[str], await self.redis.smembers(self.keys.rollout_commands_pending()))
+
+    async def take_commands(self, model: str) -> list[str]:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.keys.rollout_commands(model), 0, -1)
+            pipe.delete(self.keys.rollout_commands(model))
+            pipe.srem(self.keys.rollout_commands_pending(), model)
+            raw, _, _ = await pipe.execute()
+        return cast(list[str], raw)
+
+    async def set_command_result(self, command_id: str, result: str) -> None:
+        await self.redis.set(self.keys.rollout_command_result(command_id), result, ex=RESULT_TTL_S)
+
+    async def command_result(self, command_id: str) -> str | None:
+        return cast(str | None, await self.redis.get(self.keys.rollout_command_result(command_id)))

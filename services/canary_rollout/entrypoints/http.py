@@ -56,12 +56,14 @@ def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True
 
     @app.get("/v1/rollouts", tags=["canary"])
     async def list_rollouts() -> dict[str, Any]:
-        views = [v for m in sorted(service.machines) if (v := service.view(m)) is not None]
+        views = [
+            v for m in sorted(await service.store.models()) if (v := await service.view_of(m)) is not None
+        ]
         return {"rollouts": views}
 
     @app.get("/v1/rollouts/{model}", tags=["canary"], responses={404: {"description": "No rollout."}})
     async def get_rollout(model: ModelName) -> dict[str, Any]:
-        view = service.view(model)
+        view = await service.view_of(model)
         if view is None:
             raise HTTPException(404, detail=f"no rollout for model {model!r}")
         decisions = await service.store.decisions(model)
@@ -82,6 +84,7 @@ def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True
             413: {"description": "Body larger than the limit."},
             422: {"description": "Invalid body; `field` names the culprit."},
             403: {"description": "Admin actions are disabled (no FLYWHEEL_ADMIN_TOKEN)."},
+            503: {"description": "No instance owns the model right now (a rebalance); retry."},
         },
     )
     async def act(model: ModelName, action: str, body: AdminAction | None = None) -> dict[str, Any]:
@@ -89,17 +92,16 @@ def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True
             raise HTTPException(
                 404, detail=f"unknown action {action!r}; expected one of {', '.join(ADMIN_ACTIONS)}"
             )
-        if service.view(model) is None:
+        if await service.view_of(model) is None:
             raise HTTPException(404, detail=f"no rollout for model {model!r}")
         body = body or AdminAction()
         try:
-            outcome = await service.admin(model, action, body.actor or "admin", body.reason)
+            decisions = await service.submit(model, action, body.actor or "admin", body.reason)
         except InvalidTransition as exc:
             raise HTTPException(409, detail=str(exc)) from exc
-        return {
-            "decisions": [d.model_dump(mode="json") for d in outcome.decisions],
-            "rollout": service.view(model),
-        }
+        except TimeoutError as exc:
+            raise HTTPException(503, detail=str(exc), headers={"Retry-After": "5"}) from exc
+        return {"decisions": decisions, "rollout": await service.view_of(model)}
 
     app.include_router(admin)
 

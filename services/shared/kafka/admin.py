@@ -36,6 +36,7 @@ class TopicReport:
     missing: list[str] = field(default_factory=list)
     # topic -> (as it is, as configured)
     differing: dict[str, tuple[TopicShape, TopicShape]] = field(default_factory=dict)
+    shapes: dict[str, TopicShape] = field(default_factory=dict)  # of the topics that exist
 
     def problems(self) -> list[str]:
         lines = [f"topic {t} does not exist" for t in self.missing]
@@ -85,7 +86,7 @@ def ensure_topics(
     admin = _admin(bootstrap_servers, timeout_s)
     try:
         existing = describe_topics(admin, topics)
-        report = TopicReport(created=[t for t in topics if t not in existing])
+        report = TopicReport(created=[t for t in topics if t not in existing], shapes=existing)
         if report.created:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
@@ -142,6 +143,7 @@ def check_topics(settings: FlywheelSettings, topics: Iterable[str], service: str
         return report
     finally:
         admin.close()
+    report.shapes = existing
     report.missing = [t for t in topics if t not in existing]
     report.differing = {t: (shape, wanted) for t, shape in existing.items() if shape != wanted}
     for problem in report.problems():
