@@ -121,7 +121,12 @@ class RolloutService:
 
     async def on_inference(self, event: InferenceRecorded) -> None:
         machine = self.machines.get(event.model)
-        if machine is None and event.rollout_id is not None and self.settings.watches(event.model):
+        if (
+            machine is None
+            and event.rollout_id is not None
+            and self.settings.watches(event.model)
+            and self.owns(event.model)
+        ):
             machine = await self.machine(event.model)
         if machine is not None and machine.observe_inference_event(event):
             metrics.OBSERVATIONS.labels("inference").inc()
@@ -187,7 +192,7 @@ class RolloutService:
 
     async def view_of(self, model: str) -> dict[str, Any] | None:
         """The view wherever the request arrives: from memory when owned here, else as Redis holds it."""
-        if model in self.machines:
+        if model in self.machines and self.owns(model):
             return self.view(model)
         machine = await self.store.load(model, self.policy)
         return _view(model, machine)

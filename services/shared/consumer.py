@@ -123,7 +123,10 @@ class ConsumerRuntime:
 
     def owns(self, topic: str, key: str) -> bool:
         """Whether events keyed `key` on `topic` come to this instance now (Kafka's default partitioner:
-        murmur2 of the key). With the partition count unknown, a single instance is assumed."""
+        murmur2 of the key). Nothing is owned before the first assignment; with the partition count
+        unknown (the broker did not say), a single instance is assumed."""
+        if not self.assigned:
+            return False
         count = self.topic_partitions.get(topic)
         if not count:
             return True
@@ -150,14 +153,23 @@ class ConsumerRuntime:
         self._web(app)
 
         async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+            # Faust hands over the whole new assignment (what is not in it has been revoked).
             assigned = args[0] if args else kwargs.get("assigned", ())
+            partitions: dict[str, set[int]] = {}
             for tp in assigned:
-                self.partitions.setdefault(tp.topic, set()).add(tp.partition)
+                partitions.setdefault(tp.topic, set()).add(tp.partition)
+            for sub in self.subscriptions:
+                count = app.consumer.topic_partitions(sub.topic)
+                if count:
+                    self.topic_partitions[sub.topic] = count
+            self.partitions = partitions
             self.assigned = True
             log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
-            await self._assignment_changed()
+            if self.started:  # before that, start-up restores what is ours
+                await self._assignment_changed()
 
         async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+            # Until the next assignment, a revoked partition is nobody's here: no decision about its keys.
             revoked = args[0] if args else kwargs.get("revoked", ())
             for tp in revoked:
                 self.partitions.get(tp.topic, set()).discard(tp.partition)
@@ -186,14 +198,14 @@ class ConsumerRuntime:
     async def _start(self) -> None:
         """Start-up tasks in order (each retried until it succeeds), then the long-running tasks that
         need them (e.g. an HTTP API over restored state) side by side."""
-        await asyncio.to_thread(
+        report = await asyncio.to_thread(
             check_topics, self.settings, [s.topic for s in self.subscriptions], self.worker
         )
+        for topic, shape in report.shapes.items():
+            self.topic_partitions.setdefault(topic, shape.partitions)
         for task in self.startup:
             await retry_forever(task, f"{self.worker} start-up ({getattr(task, '__name__', task)})")
         self.started = True
-        if self.assigned:  # the partition counts are known now: let owners re-evaluate what is theirs
-            await self._assignment_changed()
         if self.after_startup:
             await asyncio.gather(*(task() for task in self.after_startup))
 

@@ -122,8 +122,15 @@ def test_two_instances_promote_once_without_skipping_a_step_and_hand_over_on_sto
                     )
                     assert resp.status_code == 200, (instance.name, action, resp.text)
                     assert resp.json()["decisions"][0]["decision"] == action
-            first.process.stop()  # leaves the group: the other instance takes every partition over
-            runner.services.pop(first.name, None)
+            owners = [
+                i
+                for i in (first, second)
+                if httpx.get(f"{i.url}/v1/rollouts/{model}", timeout=10).json()["decided_here"]
+            ]
+            assert len(owners) == 1, [o.name for o in owners]
+            owner = owners[0]
+            owner.process.stop()  # leaves the group: the other instance takes every partition over
+            runner.services.pop(owner.name, None)
             deadline = time.time() + 150
             while (
                 time.time() < deadline and client.get_model_version_by_alias(model, "champion").version != "2"

@@ -72,6 +72,7 @@ def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True
         ]
         split = await service.store.split(model)
         view["traffic_split"] = split.model_dump(mode="json") if split else None
+        view["decided_here"] = service.owns(model)  # this instance owns the model's partition now
         return view
 
     @admin.post(
