@@ -336,11 +336,20 @@ def bench_feedback(
     events: int = typer.Option(5000, min=100, help="Feedback events per run"),
     workdir: Path = typer.Option(Path(".flywheel/bench-feedback")),
     broker: str = BROKER_OPTION,
+    instances: str = typer.Option(
+        "1", help="Worker instances in one consumer group, e.g. 1,2 (each measured, scale-out ratio)"
+    ),
 ) -> None:
     """Feedback produce -> aggregated count vs bare aiokafka produce -> consume, on each broker."""
     from benchmarks.feedback import run as run_bench
 
-    _print_json(run_bench(events, workdir.resolve(), _brokers(broker)))
+    try:
+        counts = [int(c) for c in instances.replace("|", ",").split(",") if c.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--instances {instances!r}: expected counts like 1,2") from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter(f"--instances {instances!r}: expected counts of at least 1")
+    _print_json(run_bench(events, workdir.resolve(), _brokers(broker), counts))
 
 
 @bench_app.command("dataset-writer")
