@@ -6,6 +6,11 @@ variables and ports (the pydantic-settings classes), probe paths (services/share
 MLflow server's webhook environment (services/cli/devstack/servers.py). Expectations are derived from
 the code, so a new service (a name in runners.SERVICES plus a settings class in its package) is covered
 without changing this file.
+
+Scale-out and failover: compose runs a 3-node KRaft quorum (replication factor 3, min.insync.replicas 2)
+and every service at least twice, replicated services without a fixed name or host port; under deploy/k8s
+every service is a Deployment of at least 2 replicas with exactly one PodDisruptionBudget that keeps one
+running; the `topics` jobs and every Kafka client agree on the topic shape (replication factor 3).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import functools
 import importlib
 import importlib.util
 import json
+import math
 import pkgutil
 import re
 import shlex
@@ -570,3 +576,300 @@ def test_webhook_registration_targets_the_watcher_route() -> None:
     for c in registrations:
         url = c.argv[c.argv.index("--url") + 1]
         assert urlsplit(url).path in post_paths, f"{c.where}: {url} is not a POST route of the watcher"
+
+
+# --- scale-out and failover ----------------------------------------------------------------------------
+
+# Kafka settings of every compose node: each partition (and the internal topics) on all three nodes, a write
+# acknowledged by two, so one node may be down without losing writes, committed offsets or transactions.
+KAFKA_REPLICATION = 3
+KAFKA_MIN_ISR = 2
+KAFKA_NODE_SETTINGS = {
+    "KAFKA_DEFAULT_REPLICATION_FACTOR": KAFKA_REPLICATION,
+    "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": KAFKA_REPLICATION,
+    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": KAFKA_REPLICATION,
+    "KAFKA_MIN_INSYNC_REPLICAS": KAFKA_MIN_ISR,
+    "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": KAFKA_MIN_ISR,
+}
+MIN_REPLICAS = 2
+
+
+def consumer_group_services() -> set[str]:
+    """Services that consume Kafka in a consumer group (a `*_group_id` setting): replicas share partitions."""
+    found = {
+        name
+        for name in SERVICES
+        if any(f.endswith("_group_id") for f in service_settings(name).cls.model_fields)
+    }
+    assert found, "no service has a consumer group setting (*_group_id)"
+    return found
+
+
+def compose_replicas(svc: dict[str, Any]) -> int:
+    deploy = svc.get("deploy") or {}
+    if deploy.get("replicas") is not None:
+        return int(deploy["replicas"])
+    return int(svc.get("scale", 1))
+
+
+def compose_host_port(spec: Any) -> str | None:
+    """The fixed host port of a compose `ports` entry; None when Docker picks one (`127.0.0.1::8090`)."""
+    if isinstance(spec, dict):
+        published = spec.get("published")
+        return None if published in (None, "") else str(published)
+    parts = str(spec).split("/")[0].rsplit(":", 2)  # [IP:][HOST:]CONTAINER
+    if len(parts) < 2:
+        return None
+    return parts[-2] or None
+
+
+def listener_addresses(value: str | None) -> dict[str, tuple[str, int]]:
+    """`PLAINTEXT://kafka-1:9092,CONTROLLER://:9093` -> {"PLAINTEXT": ("kafka-1", 9092), ...}."""
+    result = {}
+    for item in (value or "").split(","):
+        name, sep, address = item.strip().partition("://")
+        if sep:
+            host, _, port = address.rpartition(":")
+            result[name] = (host, int(port))
+    return result
+
+
+def host_ports(value: str | None) -> set[tuple[str, int]]:
+    """`h1:9092,h2:9092` -> {("h1", 9092), ("h2", 9092)}."""
+    result = set()
+    for item in (value or "").split(","):
+        if item.strip():
+            host, _, port = item.strip().rpartition(":")
+            result.add((host, int(port)))
+    return result
+
+
+def compose_kafka_nodes() -> list[Container]:
+    return [
+        c for c in compose_containers() if "broker" in (c.env.get("KAFKA_PROCESS_ROLES") or "").split(",")
+    ]
+
+
+def compose_names(c: Container) -> set[str]:
+    """Names a compose container is reachable by on the compose network: service name and hostname."""
+    hostname = compose()["services"][c.name].get("hostname")
+    return {c.name, *([str(hostname)] if hostname else [])}
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels + matchExpressions) against pod labels; empty selects everything."""
+    if any(labels.get(k) != str(v) for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], [str(v) for v in expr.get("values") or []]
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def pdb_min_available(pdb: dict[str, Any], replicas: int) -> int:
+    """Pods a PodDisruptionBudget keeps running out of `replicas` healthy ones (percentages round up)."""
+    spec = pdb["spec"]
+    assert ("minAvailable" in spec) != ("maxUnavailable" in spec), (
+        f"PodDisruptionBudget/{pdb['metadata']['name']}: set exactly one of minAvailable, maxUnavailable"
+    )
+
+    def count(value: Any) -> int:
+        text = str(value)
+        return math.ceil(replicas * int(text[:-1]) / 100) if text.endswith("%") else int(text)
+
+    if "minAvailable" in spec:
+        return count(spec["minAvailable"])
+    return replicas - count(spec["maxUnavailable"])
+
+
+def test_compose_runs_one_three_node_kraft_quorum() -> None:
+    """Three Kafka nodes, each broker + controller, form one KRaft quorum (same voters and cluster id)."""
+    nodes = compose_kafka_nodes()
+    assert len(nodes) == 3, f"expected 3 Kafka brokers in compose, found {[c.name for c in nodes]}"
+    errors = []
+    ids: dict[int, Container] = {}
+    for c in nodes:
+        roles = set((c.env.get("KAFKA_PROCESS_ROLES") or "").split(","))
+        if roles != {"broker", "controller"}:
+            errors.append(f"{c.where}: KAFKA_PROCESS_ROLES={sorted(roles)}, expected broker,controller")
+        node_id = int(c.env.get("KAFKA_NODE_ID") or -1)
+        if node_id in ids:
+            errors.append(f"{c.where}: KAFKA_NODE_ID {node_id} also used by {ids[node_id].where}")
+        ids[node_id] = c
+        if compose_replicas(compose()["services"][c.name]) != 1:
+            errors.append(f"{c.where}: a Kafka node is one container (its node id and data are its own)")
+    for key in ("CLUSTER_ID", "KAFKA_CONTROLLER_QUORUM_VOTERS"):
+        values = {c.env.get(key) for c in nodes}
+        if len(values) != 1 or None in values or "" in values:
+            errors.append(f"{key} must be set and the same on every Kafka node: {values}")
+    voters: dict[int, tuple[str, int]] = {}
+    for item in (nodes[0].env.get("KAFKA_CONTROLLER_QUORUM_VOTERS") or "").split(","):
+        voter_id, _, address = item.partition("@")
+        voter_host, _, voter_port = address.rpartition(":")
+        voters[int(voter_id)] = (voter_host, int(voter_port))
+    if set(voters) != set(ids):
+        errors.append(f"voters {sorted(voters)} != node ids {sorted(ids)}")
+    for node_id, (host, port) in voters.items():
+        if node_id not in ids:
+            continue
+        c = ids[node_id]
+        controller = (c.env.get("KAFKA_CONTROLLER_LISTENER_NAMES") or "").split(",")[0]
+        listening = listener_addresses(c.env.get("KAFKA_LISTENERS")).get(controller)
+        if host not in compose_names(c) or listening is None or listening[1] != port:
+            errors.append(
+                f"voter {node_id}@{host}:{port} is not {c.where}'s {controller} listener {listening}"
+            )
+    data_volumes = {}
+    for c in nodes:
+        inter_broker = c.env.get("KAFKA_INTER_BROKER_LISTENER_NAME") or "PLAINTEXT"
+        advertised = listener_addresses(c.env.get("KAFKA_ADVERTISED_LISTENERS")).get(inter_broker)
+        if advertised is None or advertised[0] not in compose_names(c):
+            errors.append(f"{c.where}: {inter_broker} advertised as {advertised}, not by its own name")
+        log_dirs = c.env.get("KAFKA_LOG_DIRS") or ""
+        mounts = [str(v).split(":")[:2] for v in compose()["services"][c.name].get("volumes", [])]
+        sources = [src for src, target in mounts if target == log_dirs]
+        if len(sources) != 1:
+            errors.append(f"{c.where}: KAFKA_LOG_DIRS {log_dirs!r} is not on a volume of its own")
+        else:
+            data_volumes[c.name] = sources[0]
+    if len(set(data_volumes.values())) != len(data_volumes):
+        errors.append(f"Kafka nodes share a data volume: {data_volumes}")
+    assert not errors, "\n".join(errors)
+
+
+def test_compose_kafka_replication_survives_one_broker() -> None:
+    """Replication factor 3 and min.insync.replicas 2 (topics and internal topics) on every node."""
+    nodes = compose_kafka_nodes()
+    assert nodes
+    errors = [
+        f"{c.where}: {key}={c.env.get(key)!r}, expected {want}"
+        for c in nodes
+        for key, want in KAFKA_NODE_SETTINGS.items()
+        if c.env.get(key) != str(want)
+    ]
+    assert KAFKA_MIN_ISR < KAFKA_REPLICATION <= len(nodes), f"{len(nodes)} Kafka nodes for replication 3"
+    assert not errors, "\n".join(errors)
+
+
+def test_kafka_clients_and_topics_jobs_agree_on_the_topic_shape() -> None:
+    """The `topics ensure` job creates topics with replication factor 3; every Flywheel container using
+    Kafka has the same shape (services check it at start), and in compose bootstraps from all 3 nodes."""
+    nodes = compose_kafka_nodes()
+    advertised = {
+        c.name: set(listener_addresses(c.env.get("KAFKA_ADVERTISED_LISTENERS")).values()) for c in nodes
+    }
+    errors = []
+    for platform in ("compose", "k8s"):
+        clients = [
+            c
+            for c in all_containers()
+            if c.platform == platform and c.flywheel and c.env.get("KAFKA_BOOTSTRAP_SERVERS") is not None
+        ]
+        jobs = [c for c in clients if c.argv[1:3] == ["topics", "ensure"]]
+        if len(jobs) != 1:
+            errors.append(f"{platform}: expected one `topics ensure` job, found {[c.where for c in jobs]}")
+        shapes = {
+            c.where: (c.env.get("FLYWHEEL_KAFKA_PARTITIONS"), c.env.get("FLYWHEEL_KAFKA_REPLICATION_FACTOR"))
+            for c in clients
+        }
+        if len(set(shapes.values())) != 1:
+            errors.append(f"{platform}: (partitions, replication factor) differ: {shapes}")
+        errors += [
+            f"{where}: FLYWHEEL_KAFKA_REPLICATION_FACTOR={rf!r}, expected {KAFKA_REPLICATION}"
+            for where, (_, rf) in shapes.items()
+            if rf != str(KAFKA_REPLICATION)
+        ]
+        if platform != "compose":
+            continue
+        for c in clients:
+            servers = host_ports(c.env.get("KAFKA_BOOTSTRAP_SERVERS"))
+            missing = [name for name, addresses in advertised.items() if not servers & addresses]
+            unknown = servers - set().union(*advertised.values())
+            if missing or unknown:
+                errors.append(
+                    f"{c.where}: KAFKA_BOOTSTRAP_SERVERS misses {missing}, unknown {sorted(unknown)}"
+                )
+    assert not errors, "\n".join(errors)
+
+
+def test_compose_runs_every_service_at_least_twice() -> None:
+    """Each `flywheel run` service has at least 2 instances; a consumer-group worker as one replicated
+    service (its replicas share the group, one takes over a failed one's partitions)."""
+    instances = dict.fromkeys(SERVICES, 0)
+    errors = []
+    for c in compose_containers():
+        if not (c.flywheel and c.run_target in SERVICES):
+            continue
+        replicas = compose_replicas(compose()["services"][c.name])
+        instances[c.run_target] += replicas
+        if c.run_target in consumer_group_services() and replicas < MIN_REPLICAS:
+            errors.append(f"{c.where}: {replicas} replica(s) of a consumer-group worker, need {MIN_REPLICAS}")
+    errors += [f"{name}: {n} instance(s) in compose" for name, n in instances.items() if n < MIN_REPLICAS]
+    assert not errors, "\n".join(errors)
+
+
+def test_replicated_compose_services_have_no_fixed_name_or_host_port() -> None:
+    """Two replicas cannot share a container name, a hostname or a host port."""
+    errors = []
+    checked = 0
+    for c in compose_containers():
+        svc = compose()["services"][c.name]
+        if compose_replicas(svc) < 2 and c.run_target not in consumer_group_services():
+            continue
+        checked += 1
+        errors += [
+            f"{c.where}: fixed {key} {svc[key]!r}" for key in ("container_name", "hostname") if key in svc
+        ]
+        errors += [
+            f"{c.where}: fixed host port in {spec!r}"
+            for spec in svc.get("ports", [])
+            if compose_host_port(spec) is not None
+        ]
+    assert checked >= len(consumer_group_services())
+    assert not errors, "\n".join(errors)
+
+
+def test_k8s_deployments_have_replicas_and_one_disruption_budget() -> None:
+    """Every service is a Deployment of >= 2 replicas with exactly one PodDisruptionBudget (policy/v1)
+    selecting its pods, which lets a drain evict a pod while keeping at least one running."""
+    deployments = k8s_objects("Deployment")
+    pdbs = k8s_objects("PodDisruptionBudget")
+    errors = []
+    run_targets = {c.run_target for obj, *_, c in k8s_containers() if obj["kind"] == "Deployment"}
+    if run_targets != set(SERVICES):
+        errors.append(f"k8s Deployments run {sorted(run_targets, key=str)}, services are {sorted(SERVICES)}")
+    used: dict[str, int] = {pdb["metadata"]["name"]: 0 for pdb in pdbs}
+    for dep in deployments:
+        name = dep["metadata"]["name"]
+        replicas = int(dep["spec"].get("replicas", 1))
+        labels = pod_template(dep).get("metadata", {}).get("labels", {})
+        if replicas < MIN_REPLICAS:
+            errors.append(f"Deployment/{name}: replicas {replicas} < {MIN_REPLICAS}")
+        if not selector_matches(dep["spec"]["selector"], labels):
+            errors.append(f"Deployment/{name}: selector does not match its pod template labels")
+        matching = [pdb for pdb in pdbs if selector_matches(pdb["spec"].get("selector") or {}, labels)]
+        if len(matching) != 1:
+            names = [pdb["metadata"]["name"] for pdb in matching]
+            errors.append(f"Deployment/{name}: {len(matching)} PodDisruptionBudgets select its pods {names}")
+        for pdb in matching:
+            used[pdb["metadata"]["name"]] += 1
+            if pdb.get("apiVersion") != "policy/v1":
+                errors.append(f"PodDisruptionBudget/{pdb['metadata']['name']}: apiVersion must be policy/v1")
+            keep = pdb_min_available(pdb, replicas)
+            if not 1 <= keep < replicas:
+                errors.append(
+                    f"PodDisruptionBudget/{pdb['metadata']['name']}: keeps {keep} of {replicas} pods of "
+                    f"Deployment/{name} (need at least 1 and an evictable one)"
+                )
+    errors += [
+        f"PodDisruptionBudget/{name} selects {n} Deployments, not 1" for name, n in used.items() if n != 1
+    ]
+    assert deployments and pdbs
+    assert not errors, "\n".join(errors)
