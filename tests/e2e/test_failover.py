@@ -208,7 +208,14 @@ def test_killing_the_leader_mid_burst_publishes_each_alias_change_once_and_count
     moves = ["2", "1", "2", "1", "2", "1", "2"]
     try:
         replicas = runner.start_hot_reload(2)
-        runner.start_worker("feedback-aggregation")
+        runner.start_cache_invalidation("cache-invalidation-2")  # two of each worker in one group
+        for i in (1, 2):
+            runner.start_service(
+                "feedback-aggregation",
+                instance=f"feedback-aggregation-{i}",
+                port_var="FLYWHEEL_FEEDBACK_WEB_PORT",
+                ready_path="/readyz",
+            )
         wait_until(lambda: all(champion_served(r, model) == "1" for r in replicas), 60, "champion 1 served")
         victim = next(n for n in cluster.nodes if n.node_id == leader)
         with Traffic(replicas, model) as traffic:

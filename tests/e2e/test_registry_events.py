@@ -18,7 +18,7 @@ from events import AliasChanged
 from services.cli.devstack.process import ManagedProcess
 from services.cli.devstack.stack import Endpoints
 from services.registry_watcher.adapters.webhook_registration import WEBHOOK_NAME, register_webhook
-from tests.support import TopicReader, also_on_tansu, start_service, unique
+from tests.support import RoundRobin, TopicReader, also_on_tansu, start_service, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::FutureWarning")]
 SECRET = "e2e-webhook-secret"
@@ -125,6 +125,48 @@ def test_webhook_path_one_event_per_change_in_order(
     events = alias_topic.events(of(model))
     assert summary(events) == EXPECTED  # type: ignore[arg-type]
     assert all(e.source.value == "webhook" for e in events)  # type: ignore[attr-defined]
+
+
+def test_two_watchers_behind_one_url_with_both_pollers_publish_each_change_once(
+    stack: Endpoints,
+    workdir: Path,
+    mlflow_client: MlflowClient,
+    make_model,
+    alias_topic: TopicReader,  # type: ignore[no-untyped-def]
+) -> None:
+    """Two replicas of the watcher (one Redis namespace) behind a round-robin balancer, both polling: the
+    deliveries alternate between them, the pollers race the webhooks, and still one event per change."""
+    model = make_model(3)
+    namespace = unique("e2e")
+    watchers = []
+    for _ in range(2):
+        watcher = Watcher(stack, workdir, [model])
+        watcher.env["FLYWHEEL_REDIS_PREFIX"] = namespace
+        watchers.append(watcher.start())
+    try:
+        with RoundRobin([f"http://127.0.0.1:{w.port}" for w in watchers]) as balancer:
+            hook(mlflow_client, f"{balancer.url}/webhooks/mlflow")
+            alias_topic.settle(0.5)
+            balancer.forwarded.clear()  # the test delivery of the registration
+            mlflow_client.set_registered_model_alias(model, "champion", "1")
+            time.sleep(0.3)
+            mlflow_client.set_registered_model_alias(model, "champion", "2")
+            time.sleep(0.3)
+            mlflow_client.delete_registered_model_alias(model, "champion")
+            time.sleep(0.3)
+            mlflow_client.set_registered_model_alias(model, "challenger", "1")
+            mlflow_client.set_registered_model_alias(model, "challenger", "2")
+            mlflow_client.set_registered_model_alias(model, "challenger", "1")
+            alias_topic.wait_for(of(model), len(EXPECTED), timeout_s=20)
+            alias_topic.settle(3.0)  # several poll cycles of both pollers: nothing may be added
+        events = alias_topic.events(of(model))
+        assert summary(events) == EXPECTED  # type: ignore[arg-type]
+        assert len(balancer.forwarded) == 2 and sum(balancer.forwarded.values()) >= len(EXPECTED), (
+            balancer.forwarded
+        )
+    finally:
+        for watcher in watchers:
+            watcher.stop()
 
 
 def test_poller_alone_publishes_each_change_once(

@@ -36,6 +36,7 @@ from services.shared.dataset_manifest import MANIFEST
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.mlflow_registry import RegistryAdapter
+from services.shared.redis_store import async_redis
 from tests.support import TopicReader, start_service, unique
 
 pytestmark = pytest.mark.integration
@@ -422,6 +423,46 @@ def test_redelivery_after_a_crash_between_registration_and_outcome_sets_the_alia
     assert versions_of(uri, model) == ["1", "2"]
     run = client.get_run(first.run_id)
     assert run.data.tags[TAG_OUTCOME] == "challenger" and run.info.status == "FINISHED"
+
+
+# --- two instances meet the same request ----------------------------------------------------------
+
+
+class Collected:
+    """An event publisher that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    async def publish_events(self, events: Any) -> None:
+        self.events.extend(events)
+
+
+async def test_two_instances_handed_the_same_request_train_once(
+    stack: Endpoints, weak_champion: tuple[str, str, float], tmp_path: Path
+) -> None:
+    """During a rebalance the old and the new owner of a partition can both hold a request: the lease lets
+    one train while the other waits, then finds the recorded outcome; one version, two equal answers."""
+    uri = stack.mlflow_tracking_uri
+    model, v1, _ = weak_champion
+    run_id, _ = publish_dataset(uri, model, feedback_rows(model, 20, seed=8), tmp_path)
+    event = request(model, run_id)
+    settings = settings_for(stack, redis_prefix=unique("lease"))
+    redis = async_redis(stack.redis_url)
+    published = [Collected(), Collected()]
+    try:
+        handlers = [RetrainHandler(settings, events=p, redis=redis) for p in published]
+        results = await asyncio.gather(*(h.handle_event(event) for h in handlers))
+    finally:
+        await redis.aclose()
+    assert sorted(r.outcome.value for r in results) == sorted(
+        [Outcome.CHALLENGER.value, Outcome.DUPLICATE.value]
+    ), results
+    assert versions_of(uri, model) == ["1", "2"]
+    assert aliases_of(uri, model) == {"champion": v1, "challenger": "2"}
+    finished = [e for p in published for e in p.events]
+    assert len(finished) == 2 and {e.event_id for e in finished} == {finished[0].event_id}
+    assert {e.outcome for e in finished} == {"challenger"}
 
 
 # --- end to end through Kafka ----------------------------------------------------------------------

@@ -1,14 +1,21 @@
-"""Helpers shared by the integration and e2e tests: reading topics, running services, signing webhooks."""
+"""Helpers shared by the integration and e2e tests: reading topics, running services, signing webhooks, a
+round-robin balancer in front of several replicas."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -18,8 +25,6 @@ from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import StackRunner
 from services.registry_watcher.domain.signature import sign
 from services.shared.kafka.profile import profile_named
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def also_on_tansu(test: Callable[..., object]) -> Callable[..., object]:
@@ -144,3 +149,50 @@ def alias_payload(model: str, alias: str, version: str | None) -> bytes:
             "data": data,
         }
     ).encode()
+
+
+class RoundRobin:
+    """One URL in front of several backends, as a load balancer puts it: each POST goes to the next backend
+    (path, body and headers forwarded as they came; the backend's status and body returned)."""
+
+    def __init__(self, backends: list[str]) -> None:
+        self.backends = backends
+        self.forwarded: Counter[str] = Counter()
+        self._next = itertools.count()
+        balancer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                backend = balancer.backends[next(balancer._next) % len(balancer.backends)]
+                balancer.forwarded[backend] += 1
+                skip = ("host", "content-length")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                try:
+                    resp = httpx.post(backend + self.path, content=body, headers=headers, timeout=30)
+                    status, payload = resp.status_code, resp.content
+                except httpx.HTTPError:
+                    status, payload = 502, b'{"detail": "backend unreachable"}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> RoundRobin:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
