@@ -19,32 +19,24 @@ from pathlib import Path
 import pytest
 import redis
 
-from events import ALIAS_CHANGED, AliasAction, AliasChanged, AliasSource
+from events import ALIAS_CHANGED
 from services.cache_invalidation.adapters.resolution_writer import CasStatus, ResolutionWriter
 from services.cache_invalidation.bootstrap import build_runtime
 from services.cache_invalidation.domain.apply import entry_of, replay
 from services.cache_invalidation.handlers import InvalidationHandler
 from services.cache_invalidation.settings import CacheInvalidationSettings
-from services.cli.devstack.process import ManagedProcess, free_port, port_open
+from services.cli.devstack.process import free_port, port_open
 from services.cli.devstack.servers import start_redis
 from services.cli.devstack.stack import Endpoints
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.redis_store import RedisKeys, async_redis, sync_redis
 from services.shared.resolution import ReloadNotice, ResolutionEntry, parse_entries
-from tests.support import also_on_tansu, start_service, unique
+from tests.support import WorkerProcess, also_on_tansu, unique, wait_until
+from tests.support.events import alias_changed as alias_event
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 30.0  # the embedded broker's join alone takes ~3 s; a restart waits for the dead session (6 s)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 class Clock:
@@ -56,19 +48,6 @@ class Clock:
     def tick(self, seconds: float = 0.001) -> datetime:
         self.now += timedelta(seconds=seconds)
         return self.now
-
-
-def alias_event(model: str, alias: str, version: str | None, at: datetime) -> AliasChanged:
-    return AliasChanged(
-        producer="tests",
-        model=model,
-        alias=alias,
-        version=version,
-        action=AliasAction.SET if version is not None else AliasAction.DELETED,
-        source=AliasSource.STAGE,
-        registry_uri="http://mlflow.test",
-        occurred_at=at,
-    )
 
 
 class Notices:
@@ -101,7 +80,7 @@ class Notices:
             with self._lock:
                 return [n for n, _ in self.received if where(n)]
 
-        wait_until(lambda: len(found()) >= count, what=f"{count} matching reload notice(s)")
+        wait_until(lambda: len(found()) >= count, WAIT_S, f"{count} matching reload notice(s)")
         return found()
 
     def arrival_of(self, event_id: str) -> float:
@@ -114,53 +93,27 @@ class Notices:
         self._pubsub.close()
 
 
-class Worker:
-    """`flywheel run cache-invalidation` as a subprocess (via tests.support.start_service)."""
+class Worker(WorkerProcess):
+    """`flywheel run cache-invalidation` as a subprocess."""
+
+    service = "cache-invalidation"
+    port_var = "FLYWHEEL_INVALIDATION_WEB_PORT"
+    start_timeout_s = WAIT_S
 
     def __init__(
         self, stack: Endpoints, logdir: Path, prefix: str, models: Sequence[str], group_id: str
     ) -> None:
-        self.stack = stack
-        self.logdir = logdir
-        self.env = {
+        env = {
             "FLYWHEEL_REDIS_PREFIX": prefix,
             "FLYWHEEL_MODELS": ",".join(models),
             "FLYWHEEL_INVALIDATION_GROUP_ID": group_id,
             "FLYWHEEL_INVALIDATION_WEB_PORT": str(free_port()),
             "FLYWHEEL_LOG_LEVEL": "INFO",
         }
-        self.port = int(self.env["FLYWHEEL_INVALIDATION_WEB_PORT"])
-        self.proc: ManagedProcess | None = None
-
-    def _log(self) -> str:
-        try:
-            return self.proc.log_path.read_text(errors="replace") if self.proc else ""
-        except OSError:
-            return ""
-
-    def start(self, timeout_s: float = WAIT_S) -> Worker:
-        """Start and wait until its /readyz says the consumer group assigned it the partitions."""
-        self.proc, _ = start_service(
-            "cache-invalidation",
-            self.stack,
-            self.logdir,
-            self.env,
-            port_var="FLYWHEEL_INVALIDATION_WEB_PORT",
-            health_path="/readyz",
-            timeout_s=timeout_s,
-        )
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
+        super().__init__(stack, logdir, env)
 
     def log_count(self, text: str) -> int:
-        return self._log().count(text)
+        return self.log().count(text)
 
 
 @pytest.fixture()
@@ -299,7 +252,8 @@ def test_kill_9_mid_stream_then_restart_loses_no_event(
     last = batch2[-1]
     wait_until(
         lambda: resolution(redis_client, keys, model).get("champion") == entry_of(last),
-        what="last event applied after the restart",
+        WAIT_S,
+        "last event applied after the restart",
     )
     notices.wait_for(lambda n: n.event_id == last.event_id)
 

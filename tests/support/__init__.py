@@ -1,4 +1,5 @@
-"""Helpers shared by the integration and e2e tests: reading topics, running services, signing webhooks."""
+"""Helpers shared by the integration and e2e tests: reading topics, running services, signing webhooks,
+waiting for a condition."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import ClassVar, Self, TypeVar
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -21,6 +23,8 @@ from services.shared.kafka.profile import profile_named
 
 ROOT = Path(__file__).resolve().parents[1]
 
+T = TypeVar("T")
+
 
 def also_on_tansu(test: Callable[..., object]) -> Callable[..., object]:
     """Run `test` twice: on the default `stack` and on one whose Kafka is the Tansu broker (`embedded`
@@ -31,6 +35,19 @@ def also_on_tansu(test: Callable[..., object]) -> Callable[..., object]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(
+    condition: Callable[[], T], timeout_s: float, what: str = "condition", interval_s: float = 0.05
+) -> T:
+    """Poll `condition` until it returns something truthy and return that; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 class TopicReader:
@@ -116,6 +133,54 @@ def start_service(
         name, port_var=port_var, extra_env=extra_env, ready_path=health_path, timeout_s=timeout_s
     )
     return service.process, service.port
+
+
+class WorkerProcess:
+    """A worker (`flywheel run <service>`) as a subprocess, with its own log directory and environment.
+    Subclasses name the service, the variable of its web port and how long it may take to start."""
+
+    service: ClassVar[str]
+    port_var: ClassVar[str]
+    start_timeout_s: ClassVar[float] = 60.0
+
+    def __init__(self, stack: Endpoints, logdir: Path, env: dict[str, str]) -> None:
+        self.stack, self.logdir, self.env = stack, logdir, env
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.env[self.port_var])
+
+    @property
+    def log_path(self) -> Path:
+        return self.logdir / "logs" / f"{self.service}.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def start(self, *, wait_assigned: bool = True, timeout_s: float | None = None) -> Self:
+        """Start; with `wait_assigned`, return once its /readyz says its partitions are assigned."""
+        self.proc, _ = start_service(
+            self.service,
+            self.stack,
+            self.logdir,
+            self.env,
+            port_var=self.port_var,
+            health_path="/readyz" if wait_assigned else "/healthz",
+            timeout_s=self.start_timeout_s if timeout_s is None else timeout_s,
+        )
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
 
 
 def signed_headers(
