@@ -25,7 +25,7 @@ from services.gateway.bootstrap import create_app
 from services.gateway.settings import GatewaySettings
 from services.shared.redis_store import RedisKeys
 from services.shared.resolution import ReloadNotice, ResolutionEntry
-from tests.support import TopicReader, unique
+from tests.support import TopicReader, settings_on, unique
 
 pytestmark = pytest.mark.integration
 
@@ -72,12 +72,10 @@ def resolution(stack: Endpoints, prefix: str) -> Iterator[Resolution]:
 
 @pytest.fixture()
 def gateway(stack: Endpoints, stack_env: dict[str, str], prefix: str) -> Iterator[TestClient]:
-    settings = GatewaySettings(
-        MLFLOW_TRACKING_URI=stack.mlflow_tracking_uri,
-        KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap_servers,
-        REDIS_URL=stack.redis_url,
-        kafka_profile=stack.kafka_profile,
-        redis_prefix=prefix,
+    settings = settings_on(
+        stack,
+        GatewaySettings,
+        prefix,
         replica_id=f"test-{prefix}",
         reconcile_interval_s=1.0,
         reload_retry_initial_s=0.2,

@@ -9,7 +9,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -20,10 +20,12 @@ from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import StackRunner
 from services.registry_watcher.domain.signature import sign
 from services.shared.kafka.profile import profile_named
+from services.shared.settings import FlywheelSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 T = TypeVar("T")
+SettingsT = TypeVar("SettingsT", bound=FlywheelSettings)
 
 
 def also_on_tansu(test: Callable[..., object]) -> Callable[..., object]:
@@ -35,6 +37,21 @@ def also_on_tansu(test: Callable[..., object]) -> Callable[..., object]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def settings_on(
+    stack: Endpoints, settings_class: type[SettingsT], redis_prefix: str, **overrides: Any
+) -> SettingsT:
+    """A service's settings pointed at the test stack (MLflow, Kafka and its client profile, Redis), with
+    its Redis keys under `redis_prefix`; `overrides` set the service's own fields."""
+    shared = {
+        "mlflow_tracking_uri": stack.mlflow_tracking_uri,
+        "kafka_bootstrap_servers": stack.kafka_bootstrap_servers,
+        "redis_url": stack.redis_url,
+        "kafka_profile": stack.kafka_profile,
+        "redis_prefix": redis_prefix,
+    }
+    return settings_class(**{**shared, **overrides})
 
 
 def wait_until(
