@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import start_http_server
-
 from events import ALIAS_CHANGED, AliasChanged
 from services.cache_invalidation.handlers import InvalidationHandler
 from services.cache_invalidation.settings import CacheInvalidationSettings
 from services.shared.consumer import ConsumerRuntime, Subscription
-from services.shared.faust_app import run_worker
-from services.shared.logging_setup import configure_logging
+from services.shared.service_main import run_consumer_worker
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +33,11 @@ def build_runtime(
 
 def run() -> None:
     settings = CacheInvalidationSettings()
-    configure_logging(settings.log_level, "cache-invalidation")
-    log.info("starting cache invalidation: %s", settings.safe_summary())
-    if settings.invalidation_metrics_port:
-        start_http_server(settings.invalidation_metrics_port, addr=settings.invalidation_metrics_host)
-    run_worker(build_runtime(settings).build(), settings.log_level)
+    run_consumer_worker(
+        settings,
+        build_runtime,
+        service="cache-invalidation",
+        log=log,
+        metrics_port=settings.invalidation_metrics_port,
+        metrics_host=settings.invalidation_metrics_host,
+    )

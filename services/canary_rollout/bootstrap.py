@@ -29,12 +29,11 @@ from services.canary_rollout.entrypoints.http import create_api
 from services.canary_rollout.handlers import RolloutService
 from services.canary_rollout.settings import CanarySettings
 from services.shared.consumer import ConsumerRuntime, Message, Subscription, Timer
-from services.shared.faust_app import run_worker
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
-from services.shared.logging_setup import configure_logging
 from services.shared.mlflow_registry import RegistryAdapter
 from services.shared.redis_store import RedisKeys, async_redis
+from services.shared.service_main import run_consumer_worker
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,4 @@ def build_runtime(settings: CanarySettings, service: RolloutService | None = Non
 
 
 def run() -> None:
-    settings = CanarySettings()
-    configure_logging(settings.log_level, "canary-rollout")
-    log.info("starting canary rollout: %s", settings.safe_summary())
-    run_worker(build_runtime(settings).build(), settings.log_level)
+    run_consumer_worker(CanarySettings(), build_runtime, service="canary-rollout", log=log)

@@ -8,6 +8,15 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from services.canary_rollout.domain.policy import DEFAULT_WEIGHTS, RolloutPolicy
+from services.shared.fields import (
+    consumer_group_field,
+    count_field,
+    port_field,
+    positive_field,
+    probability_field,
+    share_field,
+    worker_port_field,
+)
 from services.shared.settings import FlywheelSettings
 
 
@@ -16,24 +25,24 @@ class CanarySettings(FlywheelSettings):
         default=None, description="FLYWHEEL_ADMIN_TOKEN: Bearer token of the admin actions; unset = disabled."
     )
     canary_host: str = "127.0.0.1"
-    canary_port: int = Field(default=8090, ge=1, le=65535, description="Control API and dashboard.")
-    canary_web_port: int = Field(default=6071, ge=1, le=65535, description="Port the Faust worker binds.")
-    canary_group_id: str = Field(default="flywheel-canary-rollout", min_length=1)
-    canary_tick_s: float = Field(default=1.0, gt=0, description="How often rollouts are evaluated.")
+    canary_port: int = port_field(8090, "Control API and dashboard.")
+    canary_web_port: int = worker_port_field(6071, "Port the Faust worker binds.")
+    canary_group_id: str = consumer_group_field("flywheel-canary-rollout", description=None)
+    canary_tick_s: float = positive_field(1.0, "How often rollouts are evaluated.")
     previous_champion_alias: str = Field(default="previous-champion", min_length=1)
     canary_weights: Annotated[tuple[float, ...], NoDecode] = Field(
         default=DEFAULT_WEIGHTS, description="Challenger share per step in percent, comma-separated."
     )
-    canary_step_interval_s: float = Field(default=300.0, ge=0)
-    canary_check_interval_s: float = Field(default=60.0, ge=0)
-    canary_min_samples: int = Field(default=200, ge=1, description="Inferences per variant per step.")
-    canary_max_error_rate_delta: float = Field(default=0.02, ge=0, le=1)
+    canary_step_interval_s: float = positive_field(300.0, zero_allowed=True)
+    canary_check_interval_s: float = positive_field(60.0, zero_allowed=True)
+    canary_min_samples: int = count_field(200, "Inferences per variant per step.")
+    canary_max_error_rate_delta: float = share_field(0.02)
     canary_max_p95_latency_ratio: float = Field(default=1.25, ge=1)
-    canary_max_p95_latency_delta_ms: float = Field(default=5.0, ge=0)
-    canary_min_thumbs_up_delta: float = Field(default=0.05, ge=0, le=1)
-    canary_min_feedback: int = Field(default=30, ge=1)
-    canary_alpha: float = Field(default=0.05, gt=0, lt=1)
-    canary_max_failed_checks: int = Field(default=3, ge=1)
+    canary_max_p95_latency_delta_ms: float = positive_field(5.0, zero_allowed=True)
+    canary_min_thumbs_up_delta: float = share_field(0.05)
+    canary_min_feedback: int = count_field(30)
+    canary_alpha: float = probability_field(0.05)
+    canary_max_failed_checks: int = count_field(3)
 
     @field_validator("canary_weights", mode="before")
     @classmethod

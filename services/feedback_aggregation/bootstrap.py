@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import start_http_server
-
 from events import FEEDBACK_RECORDED, INFERENCES, FeedbackRecorded, InferenceRecorded
 from services.feedback_aggregation.adapters.dataset_publisher import DatasetPublisher
 from services.feedback_aggregation.adapters.mlflow_datasets import DatasetRegistry
@@ -22,12 +20,11 @@ from services.feedback_aggregation.adapters.store import FeedbackStore
 from services.feedback_aggregation.handlers import FeedbackService
 from services.feedback_aggregation.settings import FeedbackSettings
 from services.shared.consumer import ConsumerRuntime, Subscription, Timer
-from services.shared.faust_app import run_worker
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
-from services.shared.logging_setup import configure_logging
 from services.shared.mlflow_registry import RegistryAdapter
 from services.shared.redis_store import RedisKeys, async_redis
+from services.shared.service_main import run_consumer_worker
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +71,11 @@ def build_runtime(settings: FeedbackSettings, service: FeedbackService | None = 
 
 def run() -> None:
     settings = FeedbackSettings()
-    configure_logging(settings.log_level, "feedback-aggregation")
-    log.info("starting feedback aggregation: %s", settings.safe_summary())
-    if settings.feedback_metrics_port:
-        start_http_server(settings.feedback_metrics_port, addr=settings.feedback_metrics_host)
-    run_worker(build_runtime(settings).build(), settings.log_level)
+    run_consumer_worker(
+        settings,
+        build_runtime,
+        service="feedback-aggregation",
+        log=log,
+        metrics_port=settings.feedback_metrics_port,
+        metrics_host=settings.feedback_metrics_host,
+    )

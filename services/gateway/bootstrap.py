@@ -12,7 +12,6 @@ import logging
 import os
 from collections.abc import AsyncIterator
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
@@ -38,6 +37,7 @@ from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.logging_setup import configure_logging
 from services.shared.redis_store import RedisKeys, async_redis
+from services.shared.service_main import serve_http
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,4 @@ def run() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     settings = GatewaySettings()
     configure_logging(settings.log_level, f"gateway[{settings.replica_name()}]")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        log_level="warning",
-        access_log=False,
-    )
+    serve_http(create_app(settings), settings.gateway_host, settings.gateway_port)

@@ -7,36 +7,35 @@ import socket
 from pydantic import Field, SecretStr
 
 from services.gateway.domain.feedback_token import FeedbackTokens
+from services.shared.fields import count_field, port_field, positive_field
 from services.shared.settings import FlywheelSettings
 
 
 class GatewaySettings(FlywheelSettings):
     gateway_host: str = "127.0.0.1"
-    gateway_port: int = Field(default=8080, ge=1, le=65535)
+    gateway_port: int = port_field(8080)
     replica_id: str | None = Field(
         default=None, description="Name of this replica in events and metrics; default host:port."
     )
-    model_cache_size: int = Field(default=8, ge=1, description="Loaded model versions kept per replica.")
+    model_cache_size: int = count_field(8, "Loaded model versions kept per replica.")
     model_ttl_s: float | None = Field(
         default=None, gt=0, description="Reload loaded versions after this age; unset = never."
     )
-    reconcile_interval_s: float = Field(
-        default=5.0, gt=0, description="Safety net: re-read the resolution cache this often."
-    )
-    reload_retry_initial_s: float = Field(default=0.5, gt=0)
-    reload_retry_max_s: float = Field(default=30.0, gt=0)
-    max_batch_rows: int = Field(default=1000, ge=1, description="Rows accepted per predict request.")
+    reconcile_interval_s: float = positive_field(5.0, "Safety net: re-read the resolution cache this often.")
+    reload_retry_initial_s: float = positive_field(0.5)
+    reload_retry_max_s: float = positive_field(30.0)
+    max_batch_rows: int = count_field(1000, "Rows accepted per predict request.")
     tracing_enabled: bool = Field(default=True, description="One MLflow trace per prediction.")
     trace_experiment: str = Field(default="flywheel/serving", min_length=1)
     inference_events_enabled: bool = True
-    inference_queue_size: int = Field(default=10_000, ge=1)
-    inference_batch_size: int = Field(default=200, ge=1)
-    inference_flush_ms: int = Field(default=50, ge=1)
-    max_logged_payload_bytes: int = Field(
-        default=16_384, ge=0, description="Inputs/outputs larger than this are not copied into events."
+    inference_queue_size: int = count_field(10_000)
+    inference_batch_size: int = count_field(200)
+    inference_flush_ms: int = count_field(50)
+    max_logged_payload_bytes: int = count_field(
+        16_384, "Inputs/outputs larger than this are not copied into events.", minimum=0
     )
-    request_log_ttl_s: int = Field(
-        default=7 * 24 * 3600, ge=60, description="How long served requests can receive feedback."
+    request_log_ttl_s: int = count_field(
+        7 * 24 * 3600, "How long served requests can receive feedback.", minimum=60
     )
     feedback_secret: SecretStr | None = Field(
         default=None,
@@ -48,10 +47,8 @@ class GatewaySettings(FlywheelSettings):
         description="Accept feedback without a valid token (anyone who can call the endpoint can then write "
         "into the training data).",
     )
-    feedback_rate_per_minute: int = Field(
-        default=60,
-        ge=0,
-        description="Feedback submissions per user id (or anonymous) per minute; 0 = no limit.",
+    feedback_rate_per_minute: int = count_field(
+        60, "Feedback submissions per user id (or anonymous) per minute; 0 = no limit.", minimum=0
     )
     dspy_lm: str | None = Field(
         default=None,

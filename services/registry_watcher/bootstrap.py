@@ -10,7 +10,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import uvicorn
 from fastapi import FastAPI
 from mlflow import MlflowClient
 
@@ -32,6 +31,7 @@ from services.shared.logging_setup import configure_logging
 from services.shared.mlflow_registry import RegistryAdapter
 from services.shared.redis_store import RedisKeys, async_redis
 from services.shared.retry import retry_forever
+from services.shared.service_main import serve_http
 from services.shared.settings import redact_url
 from services.shared.stages import StageAliases
 
@@ -148,10 +148,4 @@ def create_app(settings: WatcherSettings | None = None, *, background: bool = Tr
 def run() -> None:
     settings = WatcherSettings()
     configure_logging(settings.log_level, "registry-watcher")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.watcher_host,
-        port=settings.watcher_port,
-        log_level="warning",
-        access_log=False,
-    )
+    serve_http(create_app(settings), settings.watcher_host, settings.watcher_port)

@@ -11,15 +11,12 @@ from __future__ import annotations
 import logging
 import os
 
-from prometheus_client import start_http_server
-
 from events import RETRAINING_REQUESTED, RetrainingRequested
 from services.retrainer.handlers import RetrainHandler
 from services.retrainer.settings import RetrainerSettings
 from services.shared.consumer import ConsumerRuntime, Subscription
-from services.shared.faust_app import run_worker
-from services.shared.logging_setup import configure_logging
 from services.shared.redis_store import async_redis
+from services.shared.service_main import run_consumer_worker
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +36,11 @@ def build_runtime(settings: RetrainerSettings, handler: RetrainHandler | None = 
 def run() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in service logs
     settings = RetrainerSettings()
-    configure_logging(settings.log_level, "retrainer")
-    log.info("starting retrainer: %s", settings.safe_summary())
-    if settings.retrainer_metrics_port:
-        start_http_server(settings.retrainer_metrics_port, addr=settings.retrainer_metrics_host)
-    run_worker(build_runtime(settings).build(), settings.log_level)
+    run_consumer_worker(
+        settings,
+        build_runtime,
+        service="retrainer",
+        log=log,
+        metrics_port=settings.retrainer_metrics_port,
+        metrics_host=settings.retrainer_metrics_host,
+    )

@@ -13,10 +13,35 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import RegisteredModel
+from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
 
 PROMPT_TAG = "mlflow.prompt.is_prompt"
+
+
+def alias_version(client: MlflowClient, model: str, alias: str) -> str | None:
+    """The version `alias` of `model` points to now; None when the alias (or the model) does not exist."""
+    try:
+        return str(client.get_model_version_by_alias(model, alias).version)
+    except Exception as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "INVALID_PARAMETER_VALUE" in str(exc):
+            return None
+        raise
+
+
+def experiment_id_of(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created when missing (another worker may be creating it too)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException:  # created concurrently
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
 
 
 @dataclass(frozen=True)
@@ -70,12 +95,7 @@ class RegistryAdapter:
         return [VersionStage(str(v.version), v.current_stage or "None") for v in versions]
 
     def version_by_alias(self, model: str, alias: str) -> str | None:
-        try:
-            return str(self.client.get_model_version_by_alias(model, alias).version)
-        except Exception as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "INVALID_PARAMETER_VALUE" in str(exc):
-                return None
-            raise
+        return alias_version(self.client, model, alias)
 
     # --- writing -------------------------------------------------------------------------------
     def set_alias(self, model: str, alias: str, version: str | int) -> None:

@@ -8,6 +8,7 @@ resumes the same rollout at the same step; admin abort/promote need the token; r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -28,7 +29,7 @@ from events import CANARY_DECISIONS, CanaryDecision
 from services.cli.devstack.sample_models import register_broken_version, register_wine_version, wine_data
 from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import RunningService, StackRunner
-from tests.support import TopicReader, unique
+from tests.support import TopicReader, unique, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -83,17 +84,27 @@ def pipeline(stack: Endpoints, workdir: Path) -> Iterator[Pipeline]:
 
 
 @pytest.fixture()
-def model(stack: Endpoints, stack_env: dict[str, str]) -> Callable[..., str]:
+def model(stack: Endpoints, stack_env: dict[str, str], mlflow_client: MlflowClient) -> Callable[..., str]:
     def make(*kinds: str) -> str:
+        """A new model with one version per kind ("weak", "strong", "broken"); version 1 is champion."""
         name = unique("canary_model")
         for kind in kinds:
             if kind == "broken":
                 register_broken_version(stack.mlflow_tracking_uri, name, experiment="tests/canary")
             else:
                 register_wine_version(stack.mlflow_tracking_uri, name, kind, experiment="tests/canary")
+        mlflow_client.set_registered_model_alias(name, "champion", "1")
         return name
 
     return make
+
+
+@pytest.fixture()
+def reader(stack: Endpoints) -> Iterator[TopicReader]:
+    """The canary decisions topic, read from the start."""
+    topic = TopicReader(stack, CANARY_DECISIONS)
+    yield topic
+    topic.close()
 
 
 class Users:
@@ -131,17 +142,20 @@ class Users:
             t.join(timeout=15)
 
 
+@contextlib.contextmanager
+def challenger_under_traffic(pipeline: Pipeline, client: MlflowClient, name: str) -> Iterator[Users]:
+    """Users send traffic to both gateways; after 2 s of champion traffic, version 2 becomes challenger."""
+    with Users(pipeline.gateways, name) as users:
+        time.sleep(2)
+        client.set_registered_model_alias(name, "challenger", "2")
+        yield users
+
+
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    return wait_until(predicate, timeout_s, what, interval_s=0.2)
 
 
-def decisions(stack: Endpoints, model: str, reader: TopicReader) -> list[CanaryDecision]:
+def decisions(model: str, reader: TopicReader) -> list[CanaryDecision]:
     reader.poll()
     return [e for e in reader.events(lambda e: isinstance(e, CanaryDecision) and e.model == model)]  # type: ignore[misc]
 
@@ -154,34 +168,26 @@ def alias(client: MlflowClient, model: str, name: str) -> str | None:
 
 
 def test_good_challenger_is_promoted_step_by_step(
-    pipeline: Pipeline, model: Callable[..., str], stack: Endpoints
+    pipeline: Pipeline, model: Callable[..., str], mlflow_client: MlflowClient, reader: TopicReader
 ) -> None:
     name = model("weak", "strong")
-    client = MlflowClient(stack.mlflow_tracking_uri)
-    client.set_registered_model_alias(name, "champion", "1")
-    reader = TopicReader(stack, CANARY_DECISIONS)
-    try:
-        with Users(pipeline.gateways, name) as users:
-            time.sleep(2)
-            client.set_registered_model_alias(name, "challenger", "2")
-            wait_for(lambda: alias(client, name, "champion") == "2", 120, "promotion of v2")
-        kinds = [
-            d.decision.value
-            for d in wait_for(
-                lambda: (
-                    [d for d in decisions(stack, name, reader) if d.decision.value == "promote"]
-                    and decisions(stack, name, reader)
-                ),
-                30,
-                "promote decision",
-            )
-        ]
-    finally:
-        reader.close()
+    with challenger_under_traffic(pipeline, mlflow_client, name) as users:
+        wait_for(lambda: alias(mlflow_client, name, "champion") == "2", 120, "promotion of v2")
+    kinds = [
+        d.decision.value
+        for d in wait_for(
+            lambda: (
+                [d for d in decisions(name, reader) if d.decision.value == "promote"]
+                and decisions(name, reader)
+            ),
+            30,
+            "promote decision",
+        )
+    ]
     assert kinds[0] == "start" and kinds[-1] == "promote", kinds
     assert kinds.count("advance") == 2, kinds  # 20 -> 50 -> 100, then promote
-    assert alias(client, name, "challenger") is None
-    assert alias(client, name, "previous-champion") == "1"
+    assert alias(mlflow_client, name, "challenger") is None
+    assert alias(mlflow_client, name, "previous-champion") == "1"
     served = {(variant, version) for _, status, variant, version in users.responses if status == 200}
     assert ("challenger", "2") in served and ("champion", "1") in served
     assert all(status == 200 for _, status, _, _ in users.responses)
@@ -191,38 +197,28 @@ def test_good_challenger_is_promoted_step_by_step(
 
 
 def test_broken_challenger_rolled_back_at_first_step(
-    pipeline: Pipeline, model: Callable[..., str], stack: Endpoints
+    pipeline: Pipeline, model: Callable[..., str], mlflow_client: MlflowClient, reader: TopicReader
 ) -> None:
     name = model("strong", "broken")
-    client = MlflowClient(stack.mlflow_tracking_uri)
-    client.set_registered_model_alias(name, "champion", "1")
-    reader = TopicReader(stack, CANARY_DECISIONS)
-    try:
-        with Users(pipeline.gateways, name):
-            time.sleep(2)
-            client.set_registered_model_alias(name, "challenger", "2")
-            found = wait_for(
-                lambda: [d for d in decisions(stack, name, reader) if d.decision.value == "rollback"],
-                120,
-                "rollback decision",
-            )
-        all_decisions = decisions(stack, name, reader)
-    finally:
-        reader.close()
+    with challenger_under_traffic(pipeline, mlflow_client, name):
+        found = wait_for(
+            lambda: [d for d in decisions(name, reader) if d.decision.value == "rollback"],
+            120,
+            "rollback decision",
+        )
+    all_decisions = decisions(name, reader)
     assert found[0].metrics, "a rollback carries the metrics it was based on"
     assert max(d.weight for d in all_decisions if d.decision.value != "rollback") <= 20
     assert [d.decision.value for d in all_decisions].count("advance") == 0
-    wait_for(lambda: alias(client, name, "challenger") is None, 30, "challenger alias removed")
-    assert alias(client, name, "champion") == "1"
+    wait_for(lambda: alias(mlflow_client, name, "challenger") is None, 30, "challenger alias removed")
+    assert alias(mlflow_client, name, "champion") == "1"
 
 
 def test_admin_actions_need_token_hold_without_samples_and_survive_worker_kill(
-    pipeline: Pipeline, model: Callable[..., str], stack: Endpoints
+    pipeline: Pipeline, model: Callable[..., str], mlflow_client: MlflowClient
 ) -> None:
     name = model("weak", "strong")
-    client = MlflowClient(stack.mlflow_tracking_uri)
-    client.set_registered_model_alias(name, "champion", "1")
-    client.set_registered_model_alias(name, "challenger", "2")
+    mlflow_client.set_registered_model_alias(name, "challenger", "2")
     view = wait_for(lambda: pipeline.rollout(name), 60, "rollout started")
     rollout_id = view["rollout_id"]
     # No traffic: several step intervals pass, no advance below the minimum samples.
@@ -278,19 +274,19 @@ def test_admin_actions_need_token_hold_without_samples_and_survive_worker_kill(
     )
     assert promote.returncode == 0, promote.stderr
     assert "promote" in promote.stderr
-    wait_for(lambda: alias(client, name, "champion") == "2", 30, "manual promotion")
+    wait_for(lambda: alias(mlflow_client, name, "champion") == "2", 30, "manual promotion")
     assert pipeline.rollout(name)["status"] == "promoted"  # type: ignore[index]
 
     # A new challenger starts a new rollout; an admin abort removes it.
-    client.set_registered_model_alias(name, "challenger", "1")
+    mlflow_client.set_registered_model_alias(name, "challenger", "1")
     view = wait_for(
         lambda: (v := pipeline.rollout(name)) and v["rollout_id"] != rollout_id and v["active"] and v,
         60,
         "second rollout",
     )
     assert pipeline.api(f"/v1/rollouts/{name}/abort", "POST").status_code == 200
-    wait_for(lambda: alias(client, name, "challenger") is None, 30, "challenger removed by abort")
-    assert alias(client, name, "champion") == "2"
+    wait_for(lambda: alias(mlflow_client, name, "challenger") is None, 30, "challenger removed by abort")
+    assert alias(mlflow_client, name, "champion") == "2"
 
     page = httpx.get(f"{pipeline.canary.url}/rollouts", timeout=5)
     assert page.status_code == 200 and "Canary rollouts" in page.text
@@ -302,12 +298,10 @@ def chromium_binary() -> str | None:
 
 @pytest.mark.skipif(chromium_binary() is None, reason="Chromium not installed (.ci/system-deps installs it)")
 def test_dashboard_shows_a_live_rollout_in_headless_chromium(
-    pipeline: Pipeline, model: Callable[..., str], stack: Endpoints, tmp_path: Path
+    pipeline: Pipeline, model: Callable[..., str], mlflow_client: MlflowClient, tmp_path: Path
 ) -> None:
     name = model("weak", "strong")
-    client = MlflowClient(stack.mlflow_tracking_uri)
-    client.set_registered_model_alias(name, "champion", "1")
-    client.set_registered_model_alias(name, "challenger", "2")
+    mlflow_client.set_registered_model_alias(name, "challenger", "2")
     view = wait_for(lambda: pipeline.rollout(name), 60, "rollout started")
     argv = [
         str(chromium_binary()),

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from services.cli.devstack.demo_traffic import wait_until_serving
 from services.cli.devstack.sample_models import wine_data
 from services.cli.devstack.servers import start_redis
 from services.cli.devstack.stack import Endpoints
@@ -81,26 +82,11 @@ class Hammer:
         return [r for r in self.responses if r.status != 200]
 
 
-def serving(replica: RunningService, model: str) -> tuple[str | None, float]:
-    try:
-        status = httpx.get(f"{replica.url}/v1/models/{model}", timeout=2.0).json()
-    except (httpx.HTTPError, ValueError):
-        return None, 0.0
-    return status.get("aliases", {}).get("champion"), float(status.get("swapped_at", {}).get("champion", 0))
-
-
 def wait_serving(
     replicas: list[RunningService], model: str, version: str, timeout_s: float = 30
 ) -> dict[str, float]:
     """Replica name -> wall time it began serving `version`; fails when one does not within timeout."""
-    deadline = time.time() + timeout_s
-    since: dict[str, float] = {}
-    while time.time() < deadline and len(since) < len(replicas):
-        for replica in replicas:
-            served, at = serving(replica, model)
-            if served == version:
-                since[replica.name] = at
-        time.sleep(0.05)
+    since = wait_until_serving(replicas, model, version, timeout_s)
     assert len(since) == len(replicas), f"replicas serving {version}: {since}"
     return since
 

@@ -81,6 +81,21 @@ def hook(client: MlflowClient, url: str, active: bool = True) -> None:
     time.sleep(1.5)  # the MLflow server caches its webhook list for MLFLOW_WEBHOOK_CACHE_TTL (1 s here)
 
 
+@pytest.fixture()
+def watched(
+    mlflow_client: MlflowClient, make_model: Callable[[int], str], watcher_factory: Callable[..., Watcher]
+) -> Callable[..., tuple[str, Watcher]]:
+    def make(poll_s: float = POLL_S, webhook: bool = True) -> tuple[str, Watcher]:
+        """A new model with 3 versions and a watcher of it that MLflow's webhook calls (registered but
+        disabled with `webhook=False`: the poller alone sees the changes)."""
+        model = make_model(3)
+        watcher = watcher_factory([model], poll_s)
+        hook(mlflow_client, watcher.url, active=webhook)
+        return model, watcher
+
+    return make
+
+
 def summary(events: list[AliasChanged]) -> list[tuple[str, str | None, str | None, str]]:
     return [(e.alias, e.version, e.previous_version, e.action.value) for e in events]
 
@@ -99,16 +114,16 @@ EXPECTED = [
 ]
 
 
+def assert_each_change_once(events: list[AliasChanged], source: str) -> None:
+    assert summary(events) == EXPECTED
+    assert all(e.source.value == source for e in events)
+
+
 @also_on_tansu
 def test_webhook_path_one_event_per_change_in_order(
-    mlflow_client: MlflowClient,
-    make_model,
-    watcher_factory,
-    alias_topic: TopicReader,  # type: ignore[no-untyped-def]
+    mlflow_client: MlflowClient, watched: Callable[..., tuple[str, Watcher]], alias_topic: TopicReader
 ) -> None:
-    model = make_model(3)
-    watcher = watcher_factory([model], poll_s=2.0)
-    hook(mlflow_client, watcher.url)
+    model, _ = watched(poll_s=2.0)
     alias_topic.settle(0.5)
     mlflow_client.set_registered_model_alias(model, "champion", "1")
     time.sleep(0.3)
@@ -120,11 +135,9 @@ def test_webhook_path_one_event_per_change_in_order(
     mlflow_client.set_registered_model_alias(model, "challenger", "1")
     mlflow_client.set_registered_model_alias(model, "challenger", "2")
     mlflow_client.set_registered_model_alias(model, "challenger", "1")
-    events = alias_topic.wait_for(of(model), len(EXPECTED), timeout_s=20)
+    alias_topic.wait_for(of(model), len(EXPECTED), timeout_s=20)
     alias_topic.settle(4.5)  # two poll cycles: the safety net must not add anything
-    events = alias_topic.events(of(model))
-    assert summary(events) == EXPECTED  # type: ignore[arg-type]
-    assert all(e.source.value == "webhook" for e in events)  # type: ignore[attr-defined]
+    assert_each_change_once(alias_topic.events(of(model)), "webhook")  # type: ignore[arg-type]
 
 
 def test_two_watchers_behind_one_url_with_both_pollers_publish_each_change_once(
@@ -170,14 +183,9 @@ def test_two_watchers_behind_one_url_with_both_pollers_publish_each_change_once(
 
 
 def test_poller_alone_publishes_each_change_once(
-    mlflow_client: MlflowClient,
-    make_model,
-    watcher_factory,
-    alias_topic: TopicReader,  # type: ignore[no-untyped-def]
+    mlflow_client: MlflowClient, watched: Callable[..., tuple[str, Watcher]], alias_topic: TopicReader
 ) -> None:
-    model = make_model(3)
-    watcher = watcher_factory([model])
-    hook(mlflow_client, watcher.url, active=False)  # webhook disabled: poller only
+    model, _ = watched(webhook=False)
     steps = [
         ("set", "champion", "1"),
         ("set", "champion", "2"),
@@ -194,20 +202,13 @@ def test_poller_alone_publishes_each_change_once(
         time.sleep(POLL_S * 3)
     alias_topic.wait_for(of(model), len(EXPECTED), timeout_s=10)
     alias_topic.settle(1.5)
-    events = alias_topic.events(of(model))
-    assert summary(events) == EXPECTED  # type: ignore[arg-type]
-    assert all(e.source.value == "poller" for e in events)  # type: ignore[attr-defined]
+    assert_each_change_once(alias_topic.events(of(model)), "poller")  # type: ignore[arg-type]
 
 
 def test_poller_catches_up_on_changes_made_while_the_receiver_was_down(
-    mlflow_client: MlflowClient,
-    make_model,
-    watcher_factory,
-    alias_topic: TopicReader,  # type: ignore[no-untyped-def]
+    mlflow_client: MlflowClient, watched: Callable[..., tuple[str, Watcher]], alias_topic: TopicReader
 ) -> None:
-    model = make_model(3)
-    watcher = watcher_factory([model], poll_s=60.0)  # only the start-up poll can catch up
-    hook(mlflow_client, watcher.url)
+    model, watcher = watched(poll_s=60.0)  # only the start-up poll can catch up
     mlflow_client.set_registered_model_alias(model, "champion", "1")
     assert summary(alias_topic.wait_for(of(model), 1)) == [("champion", "1", None, "set")]  # type: ignore[arg-type]
 

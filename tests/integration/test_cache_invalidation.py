@@ -13,38 +13,31 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
-from events import ALIAS_CHANGED, AliasAction, AliasChanged, AliasSource
+from events import ALIAS_CHANGED
 from services.cache_invalidation.adapters.resolution_writer import CasStatus, ResolutionWriter
 from services.cache_invalidation.bootstrap import build_runtime
 from services.cache_invalidation.domain.apply import entry_of, replay
 from services.cache_invalidation.handlers import InvalidationHandler
 from services.cache_invalidation.settings import CacheInvalidationSettings
-from services.cli.devstack.process import ManagedProcess, free_port, port_open
+from services.cli.devstack.process import free_port, port_open
 from services.cli.devstack.servers import start_redis
 from services.cli.devstack.stack import Endpoints
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.redis_store import RedisKeys, async_redis, sync_redis
 from services.shared.resolution import ReloadNotice, ResolutionEntry, parse_entries
-from tests.support import also_on_tansu, start_service, unique
+from tests.support import WorkerProcess, also_on_tansu, unique, wait_until
+from tests.support.events import alias_changed as alias_event
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 30.0  # the embedded broker's join alone takes ~3 s; a restart waits for the dead session (6 s)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 class Clock:
@@ -56,19 +49,6 @@ class Clock:
     def tick(self, seconds: float = 0.001) -> datetime:
         self.now += timedelta(seconds=seconds)
         return self.now
-
-
-def alias_event(model: str, alias: str, version: str | None, at: datetime) -> AliasChanged:
-    return AliasChanged(
-        producer="tests",
-        model=model,
-        alias=alias,
-        version=version,
-        action=AliasAction.SET if version is not None else AliasAction.DELETED,
-        source=AliasSource.STAGE,
-        registry_uri="http://mlflow.test",
-        occurred_at=at,
-    )
 
 
 class Notices:
@@ -101,7 +81,7 @@ class Notices:
             with self._lock:
                 return [n for n, _ in self.received if where(n)]
 
-        wait_until(lambda: len(found()) >= count, what=f"{count} matching reload notice(s)")
+        wait_until(lambda: len(found()) >= count, WAIT_S, f"{count} matching reload notice(s)")
         return found()
 
     def arrival_of(self, event_id: str) -> float:
@@ -114,53 +94,27 @@ class Notices:
         self._pubsub.close()
 
 
-class Worker:
-    """`flywheel run cache-invalidation` as a subprocess (via tests.support.start_service)."""
+class Worker(WorkerProcess):
+    """`flywheel run cache-invalidation` as a subprocess."""
+
+    service = "cache-invalidation"
+    port_var = "FLYWHEEL_INVALIDATION_WEB_PORT"
+    start_timeout_s = WAIT_S
 
     def __init__(
         self, stack: Endpoints, logdir: Path, prefix: str, models: Sequence[str], group_id: str
     ) -> None:
-        self.stack = stack
-        self.logdir = logdir
-        self.env = {
+        env = {
             "FLYWHEEL_REDIS_PREFIX": prefix,
             "FLYWHEEL_MODELS": ",".join(models),
             "FLYWHEEL_INVALIDATION_GROUP_ID": group_id,
             "FLYWHEEL_INVALIDATION_WEB_PORT": str(free_port()),
             "FLYWHEEL_LOG_LEVEL": "INFO",
         }
-        self.port = int(self.env["FLYWHEEL_INVALIDATION_WEB_PORT"])
-        self.proc: ManagedProcess | None = None
-
-    def _log(self) -> str:
-        try:
-            return self.proc.log_path.read_text(errors="replace") if self.proc else ""
-        except OSError:
-            return ""
-
-    def start(self, timeout_s: float = WAIT_S) -> Worker:
-        """Start and wait until its /readyz says the consumer group assigned it the partitions."""
-        self.proc, _ = start_service(
-            "cache-invalidation",
-            self.stack,
-            self.logdir,
-            self.env,
-            port_var="FLYWHEEL_INVALIDATION_WEB_PORT",
-            health_path="/readyz",
-            timeout_s=timeout_s,
-        )
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
+        super().__init__(stack, logdir, env)
 
     def log_count(self, text: str) -> int:
-        return self._log().count(text)
+        return self.log().count(text)
 
 
 @pytest.fixture()
@@ -184,28 +138,46 @@ def workers(stack: Endpoints, tmp_path: Path, keys: RedisKeys) -> Iterator[Calla
         worker.stop()
 
 
-def resolution(client: redis.Redis, keys: RedisKeys, model: str) -> dict[str, ResolutionEntry]:
-    return parse_entries(client.hgetall(keys.resolution(model)))  # type: ignore[arg-type]
+@dataclass
+class Rig:
+    """What the worker tests share: the publisher, Redis under the test's prefix, the reload notices
+    collected from it, and the worker factory."""
+
+    publisher: KafkaPublisher
+    redis: redis.Redis
+    keys: RedisKeys
+    notices: Notices
+    workers: Callable[..., Worker]
+
+    def resolution(self, model: str) -> dict[str, ResolutionEntry]:
+        return parse_entries(self.redis.hgetall(self.keys.resolution(model)))  # type: ignore[arg-type]
+
+    def versions(self, model: str) -> dict[str, str | None]:
+        return {alias: e.version for alias, e in self.resolution(model).items()}
 
 
-def versions(client: redis.Redis, keys: RedisKeys, model: str) -> dict[str, str | None]:
-    return {alias: e.version for alias, e in resolution(client, keys, model).items()}
-
-
-def test_changes_are_applied_notified_in_order_and_drop_model_cache(
+@pytest.fixture()
+def rig(
     publisher: KafkaPublisher,
     redis_client: redis.Redis,
     keys: RedisKeys,
     notices: Notices,
     workers: Callable[..., Worker],
-) -> None:
+) -> Rig:
+    return Rig(publisher, redis_client, keys, notices, workers)
+
+
+def test_changes_are_applied_notified_in_order_and_drop_model_cache(rig: Rig) -> None:
     model, other, probe = unique("ci_m"), unique("ci_o"), unique("ci_p")
-    redis_client.set(f"{keys.prefix}:cache:{model}:champion:1", "cached prediction")
-    redis_client.set(f"{keys.prefix}:cache:{model}:challenger:2", "cached prediction")
-    survivors = [f"{keys.prefix}:cache:{other}:champion:1", f"{keys.prefix}:cache:{model}x:champion:1"]
+    rig.redis.set(f"{rig.keys.prefix}:cache:{model}:champion:1", "cached prediction")
+    rig.redis.set(f"{rig.keys.prefix}:cache:{model}:challenger:2", "cached prediction")
+    survivors = [
+        f"{rig.keys.prefix}:cache:{other}:champion:1",
+        f"{rig.keys.prefix}:cache:{model}x:champion:1",
+    ]
     for key in survivors:
-        redis_client.set(key, "must stay")
-    worker = workers([model, other, probe]).start()
+        rig.redis.set(key, "must stay")
+    worker = rig.workers([model, other, probe]).start()
     clock = Clock()
 
     # Publish -> notice on a running worker, one change at a time (the first one right after the join).
@@ -213,21 +185,21 @@ def test_changes_are_applied_notified_in_order_and_drop_model_cache(
     for i in range(11):
         probe_event = alias_event(probe, "champion", str(i + 1), clock.tick())
         sent = time.monotonic()
-        publisher.publish_sync([Record.of(probe_event)])
-        notices.wait_for(lambda n, e=probe_event: n.event_id == e.event_id)  # type: ignore[misc]
-        latencies_ms.append((notices.arrival_of(probe_event.event_id) - sent) * 1000)
+        rig.publisher.publish_sync([Record.of(probe_event)])
+        rig.notices.wait_for(lambda n, e=probe_event: n.event_id == e.event_id)  # type: ignore[misc]
+        latencies_ms.append((rig.notices.arrival_of(probe_event.event_id) - sent) * 1000)
     steady = sorted(latencies_ms[1:])
     print(
         f"\npublish -> reload notice: first after join {latencies_ms[0]:.0f} ms; "
         f"then p50 {steady[len(steady) // 2]:.0f} ms, max {steady[-1]:.0f} ms (n={len(steady)})"
     )
-    assert versions(redis_client, keys, probe) == {"champion": "11"}
+    assert rig.versions(probe) == {"champion": "11"}
 
     first = alias_event(model, "champion", "1", clock.tick())
-    publisher.publish_sync([Record.of(first)])
-    notices.wait_for(lambda n: n.event_id == first.event_id)
-    assert redis_client.keys(f"{keys.prefix}:cache:{model}:*") == []
-    assert all(redis_client.exists(key) for key in survivors)
+    rig.publisher.publish_sync([Record.of(first)])
+    rig.notices.wait_for(lambda n: n.event_id == first.event_id)
+    assert rig.redis.keys(f"{rig.keys.prefix}:cache:{model}:*") == []
+    assert all(rig.redis.exists(key) for key in survivors)
 
     rest = [
         alias_event(model, "champion", "2", clock.tick()),
@@ -241,70 +213,59 @@ def test_changes_are_applied_notified_in_order_and_drop_model_cache(
         Record(ALIAS_CHANGED, model.encode(), json.dumps({"schema": "flywheel.alias-changed/v9"}).encode()),
         Record(ALIAS_CHANGED, model.encode(), json.dumps({"schema": "flywheel.nonsense/v1"}).encode()),
     ]
-    publisher.publish_sync([Record.of(rest[0]), *junk, *(Record.of(e) for e in rest[1:])])
-    got = notices.wait_for(lambda n: n.model == model, 5)
+    rig.publisher.publish_sync([Record.of(rest[0]), *junk, *(Record.of(e) for e in rest[1:])])
+    got = rig.notices.wait_for(lambda n: n.model == model, 5)
     assert [(n.alias, n.version, n.event_id) for n in got] == [
         (e.alias, e.version, e.event_id) for e in [first, *rest]
     ]
-    assert versions(redis_client, keys, model) == {"champion": None, "challenger": "4"}
-    assert resolution(redis_client, keys, model)["champion"] == entry_of(rest[2])
-    assert model in redis_client.smembers(keys.resolution_models())  # type: ignore[operator]
-    assert all(redis_client.exists(key) for key in survivors)
+    assert rig.versions(model) == {"champion": None, "challenger": "4"}
+    assert rig.resolution(model)["champion"] == entry_of(rest[2])
+    assert model in rig.redis.smembers(rig.keys.resolution_models())  # type: ignore[operator]
+    assert all(rig.redis.exists(key) for key in survivors)
     assert worker.log_count("skipping unreadable message") == len(junk)
 
 
-def test_set_older_than_a_tombstone_is_ignored(
-    publisher: KafkaPublisher,
-    redis_client: redis.Redis,
-    keys: RedisKeys,
-    notices: Notices,
-    workers: Callable[..., Worker],
-) -> None:
+def test_set_older_than_a_tombstone_is_ignored(rig: Rig) -> None:
     model = unique("ci_t")
     clock = Clock()
     old_set = alias_event(model, "champion", "1", clock.tick())
     delete = alias_event(model, "champion", None, clock.tick())
     marker = alias_event(model, "challenger", "2", clock.tick())
-    workers([model]).start()
+    rig.workers([model]).start()
     # The delete arrives first; the older set is delivered late (e.g. the poller's catch-up).
-    publisher.publish_sync([Record.of(delete), Record.of(old_set), Record.of(marker)])
-    notices.wait_for(lambda n: n.event_id == marker.event_id)  # per-model order: old_set was handled
-    assert [n.event_id for n in notices.of(model)] == [delete.event_id, marker.event_id]
-    assert resolution(redis_client, keys, model)["champion"] == entry_of(delete)
+    rig.publisher.publish_sync([Record.of(delete), Record.of(old_set), Record.of(marker)])
+    rig.notices.wait_for(lambda n: n.event_id == marker.event_id)  # per-model order: old_set was handled
+    assert [n.event_id for n in rig.notices.of(model)] == [delete.event_id, marker.event_id]
+    assert rig.resolution(model)["champion"] == entry_of(delete)
 
 
 @also_on_tansu
-def test_kill_9_mid_stream_then_restart_loses_no_event(
-    publisher: KafkaPublisher,
-    redis_client: redis.Redis,
-    keys: RedisKeys,
-    notices: Notices,
-    workers: Callable[..., Worker],
-) -> None:
+def test_kill_9_mid_stream_then_restart_loses_no_event(rig: Rig) -> None:
     model = unique("ci_k")
     clock = Clock()
-    worker = workers([model], name="crash").start()
+    worker = rig.workers([model], name="crash").start()
     batch1 = [alias_event(model, "champion", str(1 + i % 2), clock.tick()) for i in range(50)]
-    publisher.publish_sync([Record.of(e) for e in batch1])
-    notices.wait_for(lambda n: n.model == model, 5)
+    rig.publisher.publish_sync([Record.of(e) for e in batch1])
+    rig.notices.wait_for(lambda n: n.model == model, 5)
     worker.kill()
-    seen_at_kill = len(notices.of(model))
+    seen_at_kill = len(rig.notices.of(model))
     print(f"\nkilled after {seen_at_kill}/50 notices")
 
     restarted = time.monotonic()
     worker.start(timeout_s=60)
     print(f"restart -> partitions assigned again: {time.monotonic() - restarted:.1f} s")
     batch2 = [alias_event(model, "champion", str(3 + i % 2), clock.tick()) for i in range(10)]
-    publisher.publish_sync([Record.of(e) for e in batch2])
+    rig.publisher.publish_sync([Record.of(e) for e in batch2])
     last = batch2[-1]
     wait_until(
-        lambda: resolution(redis_client, keys, model).get("champion") == entry_of(last),
-        what="last event applied after the restart",
+        lambda: rig.resolution(model).get("champion") == entry_of(last),
+        WAIT_S,
+        "last event applied after the restart",
     )
-    notices.wait_for(lambda n: n.event_id == last.event_id)
+    rig.notices.wait_for(lambda n: n.event_id == last.event_id)
 
-    assert versions(redis_client, keys, model) == {"champion": last.version}
-    got = notices.of(model)
+    assert rig.versions(model) == {"champion": last.version}
+    got = rig.notices.of(model)
     # At least once: every event was announced; redelivery may repeat the newest applied one.
     assert {n.event_id for n in got} == {e.event_id for e in batch1 + batch2}
     # Never backwards: notices follow event order (a repeat is allowed, an older event is not).
@@ -314,13 +275,7 @@ def test_kill_9_mid_stream_then_restart_loses_no_event(
     print(f"notices: {len(got)} for 60 events ({redelivered} sent again after the crash)")
 
 
-def test_replay_with_new_group_keeps_state_and_announces_no_stale_event(
-    publisher: KafkaPublisher,
-    redis_client: redis.Redis,
-    keys: RedisKeys,
-    notices: Notices,
-    workers: Callable[..., Worker],
-) -> None:
+def test_replay_with_new_group_keeps_state_and_announces_no_stale_event(rig: Rig) -> None:
     model = unique("ci_r")
     clock = Clock()
     history = [
@@ -331,23 +286,23 @@ def test_replay_with_new_group_keeps_state_and_announces_no_stale_event(
         alias_event(model, "champion", "3", clock.tick()),
         alias_event(model, "staging", "1", clock.tick()),
     ]
-    first = workers([model], name="first").start()
-    publisher.publish_sync([Record.of(e) for e in history])
-    notices.wait_for(lambda n: n.event_id == history[-1].event_id)
+    first = rig.workers([model], name="first").start()
+    rig.publisher.publish_sync([Record.of(e) for e in history])
+    rig.notices.wait_for(lambda n: n.event_id == history[-1].event_id)
     first.stop()
-    state = resolution(redis_client, keys, model)
+    state = rig.resolution(model)
     assert {a: e.version for a, e in state.items()} == {"champion": "3", "challenger": None, "staging": "1"}
-    before = len(notices.of(model))
+    before = len(rig.notices.of(model))
     assert before == len(history)
 
-    replayer = workers([model], name="replay")
+    replayer = rig.workers([model], name="replay")
     replayer.start()
     marker = alias_event(model, "marker", "9", clock.tick())
-    publisher.publish_sync([Record.of(marker)])
-    notices.wait_for(lambda n: n.event_id == marker.event_id)  # the replay reached the end
+    rig.publisher.publish_sync([Record.of(marker)])
+    rig.notices.wait_for(lambda n: n.event_id == marker.event_id)  # the replay reached the end
 
-    assert resolution(redis_client, keys, model) == {**state, "marker": entry_of(marker)}
-    during_replay = notices.of(model)[before:]
+    assert rig.resolution(model) == {**state, "marker": entry_of(marker)}
+    during_replay = rig.notices.of(model)[before:]
     current_ids = {e.event_id for e in state.values()}
     # Only the events that *are* the current entries are announced again (at-least-once redelivery);
     # the stale ones (overtaken by newer events) are not.

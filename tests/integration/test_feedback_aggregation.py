@@ -96,6 +96,34 @@ def trigger_points(events: Sequence[Event], min_corrections: int, start_after: i
     return points
 
 
+def in_process_settings(stack: Endpoints, keys: RedisKeys, **overrides: Any) -> FeedbackSettings:
+    """Settings of a worker run in the test's process on the test's Redis prefix, with the retraining
+    triggers out of reach unless `overrides` bring them back (most tests count, they do not retrain)."""
+    defaults = {
+        "redis_url": stack.redis_url,
+        "redis_prefix": keys.prefix,
+        "feedback_min_corrections": 10**6,
+        "feedback_min_sample": 10**6,
+    }
+    return FeedbackSettings(**{**defaults, **overrides})
+
+
+def as_delivered(events: Sequence[Event]) -> list[Message]:
+    """The events as a consumer gets them from partition 0 of their topics: offsets count per topic."""
+    offsets = {INFERENCES: 0, FEEDBACK_RECORDED: 0}
+    delivered: list[Message] = []
+    for event in events:
+        topic = INFERENCES if isinstance(event, InferenceRecorded) else FEEDBACK_RECORDED
+        delivered.append(Message(topic, 0, offsets[topic], encode(event), event))
+        offsets[topic] += 1
+    return delivered
+
+
+async def handle(service: FeedbackService, message: Message) -> str:
+    """One event through the service's per-event path; its outcome ("counted", "redelivered", ...)."""
+    return await service.handle(message.topic, message.partition, message.offset, message.value)
+
+
 @pytest.fixture()
 def worker_factory(stack: Endpoints, tmp_path: Path, keys: RedisKeys) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
@@ -129,13 +157,7 @@ async def test_state_survives_restart_redelivery_and_a_concurrent_writer(stack: 
     """Offsets already applied are skipped, a fresh process rebuilds the exact state from snapshot +
     journal, and a stale in-memory copy (another worker wrote meanwhile) reloads instead of overwriting."""
     keys = RedisKeys(unique("fa-inproc"))
-    settings = FeedbackSettings(
-        redis_url=stack.redis_url,
-        redis_prefix=keys.prefix,
-        feedback_snapshot_every=7,
-        feedback_min_corrections=10**6,
-        feedback_min_sample=10**6,
-    )
+    settings = in_process_settings(stack, keys, feedback_snapshot_every=7)
     model = unique("fa_p")
     make = Events(model)
     events: list[Event] = []
@@ -150,37 +172,26 @@ async def test_state_survives_restart_redelivery_and_a_concurrent_writer(stack: 
     events += events[:5] + events[30:35]  # producer-side duplicates (same events at new offsets)
     events.append(make.feedback("r1", "2", "u1", UP))  # the user changed their mind
     ref = reference_of(events)
-
-    def topic_of(event: Event) -> str:
-        return INFERENCES if isinstance(event, InferenceRecorded) else FEEDBACK_RECORDED
-
-    offsets = {INFERENCES: 0, FEEDBACK_RECORDED: 0}
-    delivered: list[tuple[str, int, bytes]] = []
-    for event in events:
-        topic = topic_of(event)
-        delivered.append((topic, offsets[topic], encode(event)))
-        offsets[topic] += 1
+    delivered = as_delivered(events)
 
     client = async_redis(stack.redis_url)
     try:
         first = FeedbackService(settings, FeedbackStore(client, keys), None)
-        outcomes = [await first.handle(t, 0, o, raw) for t, o, raw in delivered[:50]]
+        outcomes = [await handle(first, m) for m in delivered[:50]]
         assert outcomes.count("counted") == 50
         # A redelivery (crash before the offsets were committed) changes nothing, not even `duplicates`.
-        assert {await first.handle(t, 0, o, raw) for t, o, raw in delivered[20:50]} == {"redelivered"}
+        assert {await handle(first, m) for m in delivered[20:50]} == {"redelivered"}
 
         # A second process resumes from Redis alone (snapshot every 7 events + the journal since).
         second = FeedbackService(settings, FeedbackStore(client, keys), None)
-        assert {await second.handle(t, 0, o, raw) for t, o, raw in delivered[:50]} == {"redelivered"}
-        for t, o, raw in delivered[50:60]:
-            await second.handle(t, 0, o, raw)
+        assert {await handle(second, m) for m in delivered[:50]} == {"redelivered"}
+        for m in delivered[50:60]:
+            await handle(second, m)
         # `first` still holds the model as of 50 events: its write is refused, it reloads and skips.
-        topic, offset, raw = delivered[55]
-        assert await first.handle(topic, 0, offset, raw) == "redelivered"
-        for t, o, raw in delivered[60:]:
-            await first.handle(t, 0, o, raw)
-        topic, offset, raw = delivered[-1]
-        assert await second.handle(topic, 0, offset, raw) == "redelivered"
+        assert await handle(first, delivered[55]) == "redelivered"
+        for m in delivered[60:]:
+            await handle(first, m)
+        assert await handle(second, delivered[-1]) == "redelivered"
 
         summary = await read_summary(client, keys, model)
         assert summary is not None
@@ -224,14 +235,8 @@ async def test_a_batch_killed_mid_way_is_applied_exactly_once(stack: Endpoints, 
     process gets everything from before the last *committed* batch again, cut into other batches.
     Every event is counted once, per model, and the summaries catch up after the throttled writes."""
     keys = RedisKeys(unique("fa-batch"))
-    settings = FeedbackSettings(
-        redis_url=stack.redis_url,
-        redis_prefix=keys.prefix,
-        feedback_snapshot_every=9,
-        feedback_min_corrections=10**6,
-        feedback_min_sample=10**6,
-        feedback_batch_max=10,
-        feedback_summary_interval_ms=300,
+    settings = in_process_settings(
+        stack, keys, feedback_snapshot_every=9, feedback_batch_max=10, feedback_summary_interval_ms=300
     )
     models = [unique("fa_ba"), unique("fa_bb")]
     makers = {m: Events(m) for m in models}
@@ -245,12 +250,7 @@ async def test_a_batch_killed_mid_way_is_applied_exactly_once(stack: Endpoints, 
             )
         )
     events += events[10:16]  # producer-side duplicates at new offsets
-    offsets = {INFERENCES: 0, FEEDBACK_RECORDED: 0}
-    delivered: list[Message] = []
-    for event in events:
-        topic = INFERENCES if isinstance(event, InferenceRecorded) else FEEDBACK_RECORDED
-        delivered.append(Message(topic, 0, offsets[topic], encode(event), event))
-        offsets[topic] += 1
+    delivered = as_delivered(events)
 
     client = async_redis(stack.redis_url)
     try:
@@ -333,13 +333,8 @@ async def test_a_pending_publication_survives_the_worker_and_keeps_its_examples(
     together; a new process resumes the same publication with the same feedback, later feedback waits
     for the next dataset."""
     keys = RedisKeys(unique("fa-pending"))
-    settings = FeedbackSettings(
-        redis_url=stack.redis_url,
-        redis_prefix=keys.prefix,
-        feedback_min_corrections=3,
-        feedback_min_sample=10**6,
-        feedback_cooldown_s=0,
-        feedback_lease_s=2,
+    settings = in_process_settings(
+        stack, keys, feedback_min_corrections=3, feedback_cooldown_s=0, feedback_lease_s=2
     )
     model = unique("fa_q")
     make = Events(model)

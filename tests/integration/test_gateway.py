@@ -25,7 +25,7 @@ from services.gateway.bootstrap import create_app
 from services.gateway.settings import GatewaySettings
 from services.shared.redis_store import RedisKeys
 from services.shared.resolution import ReloadNotice, ResolutionEntry
-from tests.support import TopicReader, unique
+from tests.support import TopicReader, settings_on, unique
 
 pytestmark = pytest.mark.integration
 
@@ -72,12 +72,10 @@ def resolution(stack: Endpoints, prefix: str) -> Iterator[Resolution]:
 
 @pytest.fixture()
 def gateway(stack: Endpoints, stack_env: dict[str, str], prefix: str) -> Iterator[TestClient]:
-    settings = GatewaySettings(
-        MLFLOW_TRACKING_URI=stack.mlflow_tracking_uri,
-        KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap_servers,
-        REDIS_URL=stack.redis_url,
-        kafka_profile=stack.kafka_profile,
-        redis_prefix=prefix,
+    settings = settings_on(
+        stack,
+        GatewaySettings,
+        prefix,
         replica_id=f"test-{prefix}",
         reconcile_interval_s=1.0,
         reload_retry_initial_s=0.2,
@@ -212,14 +210,21 @@ def test_missed_notice_is_caught_by_reconciliation(
     assert info["aliases"] == {"champion": "2"} and info["cache"]["loads"] >= 2
 
 
-def test_feedback_recorded_on_trace_and_published_once(
-    gateway: TestClient, wine_model: tuple[str, dict[str, float]], stack: Endpoints, resolution: Resolution
-) -> None:
-    from events import FEEDBACK_RECORDED, FeedbackRecorded
-
+@pytest.fixture()
+def v2_served(gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution) -> str:
+    """The wine model's name, once the gateway serves version 2 as its champion."""
     name, _ = wine_model
     resolution.move(name, "champion", "2")
     wait_for_version(gateway, name, "2")
+    return name
+
+
+def test_feedback_recorded_on_trace_and_published_once(
+    gateway: TestClient, v2_served: str, stack: Endpoints
+) -> None:
+    from events import FEEDBACK_RECORDED, FeedbackRecorded
+
+    name = v2_served
     served = gateway.post(f"/v1/models/{name}/predict", json={"inputs": record(3), "user_id": "bob"}).json()
     reader = TopicReader(stack, FEEDBACK_RECORDED)
     try:
@@ -413,13 +418,11 @@ def test_export_dataset_from_traces_prefers_corrections(
 
 
 def test_feedback_cannot_be_forged_and_nothing_is_published_for_a_refused_one(
-    gateway: TestClient, wine_model: tuple[str, dict[str, float]], stack: Endpoints, resolution: Resolution
+    gateway: TestClient, v2_served: str, stack: Endpoints
 ) -> None:
     from events import FEEDBACK_RECORDED
 
-    name, _ = wine_model
-    resolution.move(name, "champion", "2")
-    wait_for_version(gateway, name, "2")
+    name = v2_served
     user = unique("dave")
     served = gateway.post(f"/v1/models/{name}/predict", json={"inputs": record(5), "user_id": user}).json()
     other = gateway.post(f"/v1/models/{name}/predict", json={"inputs": record(6), "user_id": user}).json()
@@ -461,12 +464,8 @@ def test_feedback_cannot_be_forged_and_nothing_is_published_for_a_refused_one(
     assert ok.status_code == 202, ok.text
 
 
-def test_feedback_is_rate_limited_per_user(
-    gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution
-) -> None:
-    name, _ = wine_model
-    resolution.move(name, "champion", "2")
-    wait_for_version(gateway, name, "2")
+def test_feedback_is_rate_limited_per_user(gateway: TestClient, v2_served: str) -> None:
+    name = v2_served
     user = unique("eve")
     statuses = []
     for i in range(7):  # the fixture allows 5 ratings per user and minute

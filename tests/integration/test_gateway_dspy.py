@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from services.cli.devstack.stack import Endpoints
 from services.gateway.bootstrap import create_app
 from services.gateway.settings import GatewaySettings
-from tests.support import unique
+from tests.support import settings_on, unique
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +40,7 @@ def dspy_model(stack: Endpoints, stack_env: dict[str, str]) -> str:
 
 @pytest.fixture()
 def gateway(stack: Endpoints, stack_env: dict[str, str]) -> Iterator[TestClient]:
-    settings = GatewaySettings(
-        MLFLOW_TRACKING_URI=stack.mlflow_tracking_uri,
-        KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap_servers,
-        REDIS_URL=stack.redis_url,
-        kafka_profile=stack.kafka_profile,
-        redis_prefix=unique("dspy"),
-        dspy_lm="dummy",
-    )
+    settings = settings_on(stack, GatewaySettings, unique("dspy"), dspy_lm="dummy")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

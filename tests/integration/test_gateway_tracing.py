@@ -25,7 +25,7 @@ from services.gateway.adapters.trace_export import TRACE_EXPORTS
 from services.gateway.adapters.tracing import PredictionTracer
 from services.gateway.bootstrap import create_app
 from services.gateway.settings import GatewaySettings
-from tests.support import unique
+from tests.support import settings_on, unique
 
 pytestmark = pytest.mark.integration
 
@@ -69,14 +69,8 @@ def served(
     alias = unique("traced")  # an alias of its own: other tests move champion/challenger
     MlflowClient(stack.mlflow_tracking_uri).set_registered_model_alias(name, alias, "2")
     prefix = unique("gwt")
-    settings = GatewaySettings(
-        MLFLOW_TRACKING_URI=stack.mlflow_tracking_uri,
-        KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap_servers,
-        REDIS_URL=stack.redis_url,
-        kafka_profile=stack.kafka_profile,
-        redis_prefix=prefix,
-        replica_id=f"test-{prefix}",
-        trace_experiment=unique("tests/traces"),
+    settings = settings_on(
+        stack, GatewaySettings, prefix, replica_id=f"test-{prefix}", trace_experiment=unique("tests/traces")
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         tracer: PredictionTracer = client.app.state.gateway.tracer  # type: ignore[attr-defined]

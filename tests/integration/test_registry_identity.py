@@ -16,23 +16,15 @@ from services.registry_watcher.adapters.registry_identity import registry_identi
 from services.registry_watcher.bootstrap import create_app
 from services.registry_watcher.settings import WatcherSettings
 from services.shared.redis_store import RedisKeys
-from tests.support import TopicReader, alias_payload, signed_headers, unique
+from tests.support import TopicReader, alias_payload, settings_on, signed_headers, unique
 
 pytestmark = pytest.mark.integration
 SECRET = "identity-secret"
 
 
 def settings_for(stack: Endpoints, prefix: str, **overrides: object) -> WatcherSettings:
-    values: dict[str, object] = {
-        "mlflow_tracking_uri": stack.mlflow_tracking_uri,
-        "kafka_bootstrap_servers": stack.kafka_bootstrap_servers,
-        "redis_url": stack.redis_url,
-        "kafka_profile": stack.kafka_profile,
-        "redis_prefix": prefix,
-        "webhook_secret": SECRET,
-        "poll_interval_s": 0.2,
-    }
-    return WatcherSettings(**(values | overrides))  # type: ignore[arg-type]
+    values: dict[str, object] = {"webhook_secret": SECRET, "poll_interval_s": 0.2}
+    return settings_on(stack, WatcherSettings, prefix, **(values | overrides))
 
 
 def test_the_registry_identity_is_stable_and_shared(stack: Endpoints) -> None:

@@ -14,25 +14,15 @@ from services.cli.devstack.process import free_port
 from services.cli.devstack.stack import Endpoints
 from services.registry_watcher.bootstrap import create_app
 from services.registry_watcher.settings import WatcherSettings
-from tests.support import TopicReader, alias_payload, signed_headers, unique
+from tests.support import TopicReader, alias_payload, settings_on, signed_headers, unique
 
 SECRET = "webhook-secret-for-tests"
 pytestmark = pytest.mark.integration
 
 
 def settings_for(stack: Endpoints, prefix: str, **overrides: object) -> WatcherSettings:
-    values: dict[str, object] = dict(
-        mlflow_tracking_uri=stack.mlflow_tracking_uri,
-        kafka_bootstrap_servers=stack.kafka_bootstrap_servers,
-        redis_url=stack.redis_url,
-        kafka_profile=stack.kafka_profile,
-        redis_prefix=prefix,
-        webhook_secret=SECRET,
-        poll_interval_s=0,
-        publish_timeout_s=3,
-    )
-    values.update(overrides)
-    return WatcherSettings(**values)  # type: ignore[arg-type]
+    values: dict[str, object] = {"webhook_secret": SECRET, "poll_interval_s": 0, "publish_timeout_s": 3}
+    return settings_on(stack, WatcherSettings, prefix, **(values | overrides))
 
 
 @pytest.fixture()

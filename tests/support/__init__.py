@@ -1,5 +1,5 @@
-"""Helpers shared by the integration and e2e tests: reading topics, running services, signing webhooks, a
-round-robin balancer in front of several replicas."""
+"""Helpers shared by the integration and e2e tests: reading topics, running services, signing webhooks,
+waiting for a condition, a round-robin balancer in front of several replicas."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, ClassVar, Self, TypeVar
 
 import httpx
 import pytest
@@ -25,6 +26,10 @@ from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import StackRunner
 from services.registry_watcher.domain.signature import sign
 from services.shared.kafka.profile import profile_named
+from services.shared.settings import FlywheelSettings
+
+T = TypeVar("T")
+SettingsT = TypeVar("SettingsT", bound=FlywheelSettings)
 
 
 def also_on_tansu(test: Callable[..., object]) -> Callable[..., object]:
@@ -36,6 +41,34 @@ def also_on_tansu(test: Callable[..., object]) -> Callable[..., object]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def settings_on(
+    stack: Endpoints, settings_class: type[SettingsT], redis_prefix: str, **overrides: Any
+) -> SettingsT:
+    """A service's settings pointed at the test stack (MLflow, Kafka and its client profile, Redis), with
+    its Redis keys under `redis_prefix`; `overrides` set the service's own fields."""
+    shared = {
+        "mlflow_tracking_uri": stack.mlflow_tracking_uri,
+        "kafka_bootstrap_servers": stack.kafka_bootstrap_servers,
+        "redis_url": stack.redis_url,
+        "kafka_profile": stack.kafka_profile,
+        "redis_prefix": redis_prefix,
+    }
+    return settings_class(**{**shared, **overrides})
+
+
+def wait_until(
+    condition: Callable[[], T], timeout_s: float, what: str = "condition", interval_s: float = 0.05
+) -> T:
+    """Poll `condition` until it returns something truthy and return that; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 class TopicReader:
@@ -121,6 +154,54 @@ def start_service(
         name, port_var=port_var, extra_env=extra_env, ready_path=health_path, timeout_s=timeout_s
     )
     return service.process, service.port
+
+
+class WorkerProcess:
+    """A worker (`flywheel run <service>`) as a subprocess, with its own log directory and environment.
+    Subclasses name the service, the variable of its web port and how long it may take to start."""
+
+    service: ClassVar[str]
+    port_var: ClassVar[str]
+    start_timeout_s: ClassVar[float] = 60.0
+
+    def __init__(self, stack: Endpoints, logdir: Path, env: dict[str, str]) -> None:
+        self.stack, self.logdir, self.env = stack, logdir, env
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.env[self.port_var])
+
+    @property
+    def log_path(self) -> Path:
+        return self.logdir / "logs" / f"{self.service}.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def start(self, *, wait_assigned: bool = True, timeout_s: float | None = None) -> Self:
+        """Start; with `wait_assigned`, return once its /readyz says its partitions are assigned."""
+        self.proc, _ = start_service(
+            self.service,
+            self.stack,
+            self.logdir,
+            self.env,
+            port_var=self.port_var,
+            health_path="/readyz" if wait_assigned else "/healthz",
+            timeout_s=self.start_timeout_s if timeout_s is None else timeout_s,
+        )
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
 
 
 def signed_headers(

@@ -4,20 +4,17 @@ subprocess (`Worker`)."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from events import Event, FeedbackRating, FeedbackRecorded, InferenceRecorded
-from services.cli.devstack.process import ManagedProcess
-from services.cli.devstack.stack import Endpoints
 from services.shared.jsontext import epoch_us
 from services.shared.kafka.publisher import Record
-from tests.support import start_service, unique
+from tests import support
+from tests.support import WorkerProcess, unique
 
 WAIT_S = 120.0  # join ~3-5 s; a restart waits for the killed member's session (6 s); a busy 2-core box
 
@@ -26,13 +23,7 @@ COUNT_FIELDS = ("inferences", "errors", "feedback", "thumbs_up", "thumbs_down", 
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    return support.wait_until(condition, timeout_s, what)
 
 
 # --- synthetic events and the reference counts ---------------------------------------------------
@@ -147,44 +138,9 @@ def records(events: Sequence[Event]) -> list[Record]:
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-class Worker:
+class Worker(WorkerProcess):
     """`flywheel run feedback-aggregation` as a subprocess."""
 
-    def __init__(self, stack: Endpoints, logdir: Path, env: dict[str, str]) -> None:
-        self.stack, self.logdir, self.env = stack, logdir, env
-        self.proc: ManagedProcess | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self.env["FLYWHEEL_FEEDBACK_WEB_PORT"])
-
-    @property
-    def log_path(self) -> Path:
-        return self.logdir / "logs" / "feedback-aggregation.log"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def start(self, *, wait_assigned: bool = True) -> Worker:
-        """Start; with `wait_assigned`, return once its /readyz says its partitions are assigned."""
-        self.proc, _ = start_service(
-            "feedback-aggregation",
-            self.stack,
-            self.logdir,
-            self.env,
-            port_var="FLYWHEEL_FEEDBACK_WEB_PORT",
-            health_path="/readyz" if wait_assigned else "/healthz",
-            timeout_s=WAIT_S,
-        )
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
+    service = "feedback-aggregation"
+    port_var = "FLYWHEEL_FEEDBACK_WEB_PORT"
+    start_timeout_s = WAIT_S

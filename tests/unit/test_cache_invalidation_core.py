@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import AliasAction, AliasChanged, AliasSource
+from events import AliasChanged
 from services.cache_invalidation.adapters.resolution_writer import glob_escape, model_cache_pattern
 from services.cache_invalidation.domain.apply import (
     AlreadyApplied,
@@ -25,6 +25,7 @@ from services.cache_invalidation.domain.apply import (
 )
 from services.shared.redis_store import RedisKeys
 from services.shared.resolution import ResolutionEntry
+from tests.support.events import alias_changed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -38,17 +39,7 @@ def changed(
     alias: str = "champion",
 ) -> AliasChanged:
     extra = {"event_id": event_id} if event_id is not None else {}
-    return AliasChanged(
-        producer="test",
-        model=model,
-        alias=alias,
-        version=version,
-        action=AliasAction.SET if version is not None else AliasAction.DELETED,
-        source=AliasSource.WEBHOOK,
-        registry_uri="http://mlflow",
-        occurred_at=T0 + timedelta(seconds=at),
-        **extra,  # type: ignore[arg-type]
-    )
+    return alias_changed(model, alias, version, T0 + timedelta(seconds=at), **extra)
 
 
 def test_absent_entry_applies() -> None:

@@ -12,6 +12,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.shared.fields import count_field, positive_field, probability_field, share_field
+
 DEFAULT_WEIGHTS: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0)
 
 
@@ -24,64 +26,53 @@ class RolloutPolicy(BaseModel):
         default=DEFAULT_WEIGHTS,
         description="Challenger traffic share in percent per step; strictly increasing, ends at 100.",
     )
-    step_interval_s: float = Field(
-        default=300.0, ge=0, description="Minimum time at a step before it may advance (exposure time)."
+    step_interval_s: float = positive_field(
+        300.0, "Minimum time at a step before it may advance (exposure time).", zero_allowed=True
     )
-    check_interval_s: float = Field(
-        default=60.0,
-        ge=0,
-        description="Analysis runs at most this often; each run is one check (so failed checks count "
+    check_interval_s: float = positive_field(
+        60.0,
+        "Analysis runs at most this often; each run is one check (so failed checks count "
         "per interval, not per tick of the adapter).",
+        zero_allowed=True,
     )
-    min_samples_per_variant: int = Field(
-        default=200, ge=1, description="Inferences each variant needs in the step window before a verdict."
+    min_samples_per_variant: int = count_field(
+        200, "Inferences each variant needs in the step window before a verdict."
     )
-    max_error_rate_delta: float = Field(
-        default=0.02, ge=0, le=1, description="Tolerated absolute increase of the challenger's error rate."
+    max_error_rate_delta: float = share_field(
+        0.02, "Tolerated absolute increase of the challenger's error rate."
     )
     max_p95_latency_ratio: float = Field(
         default=1.25, ge=1, description="Tolerated ratio challenger p95 / champion p95."
     )
-    max_p95_latency_delta_ms: float = Field(
-        default=5.0,
-        ge=0,
-        description="Tolerated absolute p95 increase; a latency regression must exceed both the ratio and "
+    max_p95_latency_delta_ms: float = positive_field(
+        5.0,
+        "Tolerated absolute p95 increase; a latency regression must exceed both the ratio and "
         "this delta (so 0.2 ms -> 0.3 ms on a fast model is not a regression).",
+        zero_allowed=True,
     )
-    min_thumbs_up_delta: float = Field(
-        default=0.05,
-        ge=0,
-        le=1,
-        description="The challenger's thumbs-up rate may be worse than the champion's by at most this.",
+    min_thumbs_up_delta: float = share_field(
+        0.05, "The challenger's thumbs-up rate may be worse than the champion's by at most this."
     )
-    alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level of the one-sided tests.")
-    max_failed_checks: int = Field(
-        default=3, ge=1, description="Roll back once this many checks failed during the rollout."
-    )
-    min_feedback: int = Field(
-        default=30, ge=1, description="Ratings each variant needs before thumbs-up rates are compared."
-    )
+    alpha: float = probability_field(0.05, "Significance level of the one-sided tests.")
+    max_failed_checks: int = count_field(3, "Roll back once this many checks failed during the rollout.")
+    min_feedback: int = count_field(30, "Ratings each variant needs before thumbs-up rates are compared.")
     require_feedback: bool = Field(
         default=False,
         description="When true, too little feedback means 'insufficient data' (hold); when false the "
         "thumbs-up check is skipped until enough feedback arrived.",
     )
-    catastrophic_alpha: float = Field(
-        default=0.001, gt=0, lt=1, description="Significance level of the immediate-rollback rule."
-    )
+    catastrophic_alpha: float = probability_field(0.001, "Significance level of the immediate-rollback rule.")
     catastrophic_error_rate_delta: float = Field(
         default=0.20,
         gt=0,
         le=1,
         description="Error-rate increase that rolls back at once (with p < catastrophic_alpha).",
     )
-    catastrophic_min_samples: int = Field(
-        default=20,
-        ge=1,
-        description="Challenger inferences needed before the immediate-rollback rule applies.",
+    catastrophic_min_samples: int = count_field(
+        20, "Challenger inferences needed before the immediate-rollback rule applies."
     )
-    max_latency_samples: int = Field(
-        default=5000, ge=10, description="Latency samples kept per variant per step (reservoir sample)."
+    max_latency_samples: int = count_field(
+        5000, "Latency samples kept per variant per step (reservoir sample).", minimum=10
     )
 
     @model_validator(mode="after")

@@ -37,13 +37,13 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import DatasetInput, InputTag, Run, RunStatus, ViewType
-from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from events import DatasetFile
 from services.feedback_aggregation.adapters.dataset_writer import WrittenDataset
 from services.shared.dataset_manifest import MANIFEST
 from services.shared.mlflow_conventions import standard_tags
+from services.shared.mlflow_registry import experiment_id_of
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +95,7 @@ class DatasetRegistry:
     # --- lookups ----------------------------------------------------------------------------------
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            found = self.client.get_experiment_by_name(self.experiment)
-            if found is None:
-                try:
-                    self._experiment_id = self.client.create_experiment(self.experiment)
-                except MlflowException:  # created concurrently
-                    found = self.client.get_experiment_by_name(self.experiment)
-                    if found is None:
-                        raise
-                    self._experiment_id = found.experiment_id
-            else:
-                self._experiment_id = found.experiment_id
+            self._experiment_id = experiment_id_of(self.client, self.experiment)
         return self._experiment_id
 
     def _search(self, filter_string: str) -> list[Run]:

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 
 from services.gateway.domain.inputs import InputField
 from services.gateway.domain.model_manager import ModelRef
+from services.shared.mlflow_registry import alias_version
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,7 @@ class MlflowModelLoader:
 
     def resolve(self, name: str, alias: str) -> str | None:
         """The version an alias points to in MLflow now (None when the alias does not exist)."""
-        try:
-            return str(self.client.get_model_version_by_alias(name, alias).version)
-        except Exception as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "INVALID_PARAMETER_VALUE" in str(exc):
-                return None
-            raise
+        return alias_version(self.client, name, alias)
 
     def __call__(self, ref: ModelRef) -> LoadedModel:
         version = ref.version if ref.version is not None else self.resolve(ref.name, ref.alias or "")

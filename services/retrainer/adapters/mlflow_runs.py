@@ -17,7 +17,6 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 
 from events import RetrainingRequested
 from services.retrainer.adapters.dataset import Dataset
@@ -25,6 +24,7 @@ from services.retrainer.adapters.training import BaseVersion, Candidate
 from services.retrainer.domain.gates import GateReport
 from services.retrainer.domain.outcome import RetrainResult
 from services.shared.identifiers import filter_literal
+from services.shared.mlflow_registry import experiment_id_of
 
 TAG_PREFIX = "flywheel.retrainer."
 TAG_EVENT = TAG_PREFIX + "request_event_id"
@@ -50,18 +50,7 @@ class RetrainingRuns:
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            name = self.experiment
-            experiment = self.client.get_experiment_by_name(name)
-            if experiment is None:
-                try:
-                    self._experiment_id = self.client.create_experiment(name)
-                except MlflowException:  # created concurrently
-                    experiment = self.client.get_experiment_by_name(name)
-                    if experiment is None:
-                        raise
-                    self._experiment_id = experiment.experiment_id
-            else:
-                self._experiment_id = experiment.experiment_id
+            self._experiment_id = experiment_id_of(self.client, self.experiment)
         return self._experiment_id
 
     def runs_of(self, event: RetrainingRequested) -> list[Run]:
