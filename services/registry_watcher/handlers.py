@@ -60,34 +60,43 @@ class AliasChangeRecorder:
         )
 
     async def record(self, obs: AliasObservation, source: AliasSource) -> RecordResult:
-        """One observed alias state (webhook). A no-op when the state already says so."""
+        """One observed alias state (webhook). A no-op when the state already says so, or when the
+        state holds a newer observation of the alias (a retried delivery the state has moved past)."""
 
         def changes(snapshot: AliasSnapshot) -> list[AliasChanged]:
             if snapshot.aliases.get(obs.alias) == obs.version:
                 return []
+            if snapshot.is_stale(obs.alias, obs.observed_at):
+                metrics.DEDUP_HITS.labels(kind="stale").inc()
+                return []
             return [self._event(snapshot, obs, source)]
 
-        return await self._commit_then_publish(obs.model, changes)
+        return await self._commit_then_publish(obs.model, changes, obs.observed_at)
 
     async def reconcile(
         self,
         snapshot: AliasSnapshot,
         observed: Mapping[str, str],
         source_of: Callable[[str], AliasSource],
+        observed_at: float | None = None,
     ) -> bool:
-        """Bring the state from `snapshot` to `observed` (poller). False when the snapshot is stale."""
+        """Bring the state from `snapshot` to `observed` (poller; read at `observed_at`, after the
+        snapshot was taken). False when the snapshot is stale."""
         events = [
             self._event(snapshot, obs, source_of(obs.alias))
-            for obs in diff_aliases(snapshot.model, snapshot.aliases, observed)
+            for obs in diff_aliases(snapshot.model, snapshot.aliases, observed, observed_at)
         ]
-        if not await self._state.commit(snapshot, events):
+        if not await self._state.commit(snapshot, events, [observed_at] * len(events)):
             return False
         if events:
             await self._relay.flush(snapshot.model)
         return True
 
     async def _commit_then_publish(
-        self, model: str, changes: Callable[[AliasSnapshot], list[AliasChanged]]
+        self,
+        model: str,
+        changes: Callable[[AliasSnapshot], list[AliasChanged]],
+        observed_at: float | None = None,
     ) -> RecordResult:
         for _ in range(MAX_CAS_ATTEMPTS):
             snapshot = await self._state.snapshot(model)
@@ -95,7 +104,7 @@ class AliasChangeRecorder:
             if not events:
                 metrics.DEDUP_HITS.labels(kind="unchanged").inc()
                 break
-            if await self._state.commit(snapshot, events):
+            if await self._state.commit(snapshot, events, [observed_at] * len(events)):
                 break
         else:
             raise ConcurrentChange(f"alias state of {model!r} changed {MAX_CAS_ATTEMPTS} times in a row")

@@ -86,7 +86,7 @@ def leaders(bootstrap: str, topic: str) -> dict[int, int]:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
     try:
         (described,) = admin.describe_topics([topic])
-        return {int(p["partition"]): int(p["leader_id"]) for p in described["partitions"]}
+        return {int(p["partition_index"]): int(p["leader_id"]) for p in described["partitions"]}
     finally:
         admin.close()
 

@@ -72,6 +72,36 @@ def test_repeated_delivery_and_repeated_state_publish_nothing_more(
     assert len(alias_topic.events(of_model(model))) == 1
 
 
+def test_a_retried_delivery_the_state_has_moved_past_publishes_nothing(
+    client: TestClient, alias_topic: TopicReader
+) -> None:
+    """MLflow retries a delivery with its original body (and time) when the first attempt failed, e.g.
+    while Kafka elected a new leader; meanwhile the alias moved on (another delivery or the poller).
+    The retry must not flip the alias back."""
+    model = unique("m")
+    now = time.time()
+    assert post(client, alias_payload(model, "champion", "2", at=now - 3)).json()["status"] == "published"  # type: ignore[attr-defined]
+    assert post(client, alias_payload(model, "champion", "1", at=now - 2)).json()["status"] == "published"  # type: ignore[attr-defined]
+    retried = post(client, alias_payload(model, "champion", "2", at=now - 3))
+    assert retried.status_code == 200 and retried.json()["status"] == "unchanged"  # type: ignore[attr-defined]
+    # The same for a deletion: an older "set" does not resurrect the alias.
+    assert post(client, alias_payload(model, "champion", None, at=now - 1)).json()["status"] == "published"  # type: ignore[attr-defined]
+    assert post(client, alias_payload(model, "champion", "1", at=now - 2)).json()["status"] == "unchanged"  # type: ignore[attr-defined]
+    # A newer change is published as usual; a payload time from the future is not trusted for ordering.
+    assert post(client, alias_payload(model, "champion", "3", at=now + 3600)).json()["status"] == "published"  # type: ignore[attr-defined]
+    assert post(client, alias_payload(model, "champion", "4")).json()["status"] == "published"  # type: ignore[attr-defined]
+    alias_topic.wait_for(of_model(model), 5)
+    alias_topic.settle(1.0)
+    events = alias_topic.events(of_model(model))
+    assert [(e.version, e.previous_version) for e in events] == [  # type: ignore[attr-defined]
+        ("2", None),
+        ("1", "2"),
+        (None, "1"),
+        ("3", None),
+        ("4", "3"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("mutate", "status", "error"),
     [

@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
@@ -217,18 +218,15 @@ def signed_headers(
     }
 
 
-def alias_payload(model: str, alias: str, version: str | None) -> bytes:
+def alias_payload(model: str, alias: str, version: str | None, at: float | None = None) -> bytes:
+    """An MLflow alias webhook body; `timestamp` is when MLflow built the delivery (default: now)."""
     action = "created" if version is not None else "deleted"
     data = {"name": model, "alias": alias}
     if version is not None:
         data["version"] = version
+    built = datetime.fromtimestamp(time.time() if at is None else at, UTC)
     return json.dumps(
-        {
-            "entity": "model_version_alias",
-            "action": action,
-            "timestamp": "2026-01-01T00:00:00+00:00",
-            "data": data,
-        }
+        {"entity": "model_version_alias", "action": action, "timestamp": built.isoformat(), "data": data}
     ).encode()
 
 

@@ -1,6 +1,8 @@
 """Flywheel's alias state in Redis, changed only by an atomic compare-and-set that also fills the outbox.
 
-Per model, a hash holds `alias -> version` plus a revision counter `__rev`. A writer (webhook or poller)
+Per model, a hash holds `alias -> version`, a revision counter `__rev`, and per alias the time of the
+observation that set it (`__at:<alias>`, epoch seconds; kept when the alias is deleted, so a stale
+retried delivery cannot bring it back). A writer (webhook or poller)
 reads a snapshot, decides what changed and commits *conditionally on the revision it read*: a Lua
 script checks the revision, applies the alias changes, appends the encoded events to the model's outbox
 list and bumps the revision in one atomic step. So a change seen by both the webhook and the poller is
@@ -20,17 +22,19 @@ from events import AliasChanged, encode
 from services.shared.redis_store import RedisKeys
 
 REV_FIELD = "__rev"
+AT_PREFIX = "__at:"
 
 _COMMIT_LUA = """
 local current = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
 if current ~= ARGV[2] then return -1 end
 local i = 4
 while i <= #ARGV do
-  local alias, version, event = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local alias, version, event, at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if version == '' then redis.call('HDEL', KEYS[1], alias)
   else redis.call('HSET', KEYS[1], alias, version) end
+  if at ~= '' then redis.call('HSET', KEYS[1], '__at:' .. alias, at) end
   redis.call('RPUSH', KEYS[2], event)
-  i = i + 3
+  i = i + 4
 end
 local rev = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('SADD', KEYS[3], ARGV[3])
@@ -68,6 +72,12 @@ class AliasSnapshot:
     model: str
     rev: str
     aliases: dict[str, str] = field(default_factory=dict)
+    observed_at: dict[str, float] = field(default_factory=dict)  # alias -> time of its last observation
+
+    def is_stale(self, alias: str, observed_at: float | None) -> bool:
+        """An observation older than the one that set the alias's current state."""
+        held = self.observed_at.get(alias)
+        return observed_at is not None and held is not None and observed_at < held
 
 
 class AliasStateStore:
@@ -101,20 +111,36 @@ class AliasStateStore:
     @staticmethod
     def _to_snapshot(model: str, raw: dict[str, str]) -> AliasSnapshot:
         rev = raw.pop(REV_FIELD, "0")
-        return AliasSnapshot(model=model, rev=rev, aliases=raw)
+        stamps = {k[len(AT_PREFIX) :]: float(v) for k, v in raw.items() if k.startswith(AT_PREFIX)}
+        aliases = {k: v for k, v in raw.items() if not k.startswith(AT_PREFIX)}
+        return AliasSnapshot(model=model, rev=rev, aliases=aliases, observed_at=stamps)
 
     async def known_models(self) -> set[str]:
         return cast(set[str], await self._redis.smembers(self._keys.alias_state_models()))
 
-    async def commit(self, snapshot: AliasSnapshot, events: Sequence[AliasChanged]) -> bool:
-        """Apply `events` iff the state is still at `snapshot.rev`; False when someone else won."""
+    async def commit(
+        self,
+        snapshot: AliasSnapshot,
+        events: Sequence[AliasChanged],
+        observed_at: Sequence[float | None] | None = None,
+    ) -> bool:
+        """Apply `events` iff the state is still at `snapshot.rev`; False when someone else won.
+        `observed_at[i]` is when the change of `events[i]` was observed (None: unknown)."""
         if not events:
             return True
+        stamps = list(observed_at) if observed_at is not None else [None] * len(events)
+        if len(stamps) != len(events):
+            raise ValueError("one observation time per event")
         args: list[str] = [REV_FIELD, snapshot.rev, snapshot.model]
-        for event in events:
+        for event, at in zip(events, stamps, strict=True):
             if event.model != snapshot.model:
                 raise ValueError("all events of one commit must belong to the snapshot's model")
-            args += [event.alias, event.version or "", encode(event).decode("utf-8")]
+            args += [
+                event.alias,
+                event.version or "",
+                encode(event).decode("utf-8"),
+                "" if at is None else repr(float(at)),
+            ]
         keys = [
             self._keys.alias_state(snapshot.model),
             self._keys.outbox(snapshot.model),

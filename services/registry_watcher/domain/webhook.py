@@ -8,8 +8,10 @@ published: the previous version of a moved alias comes from Flywheel's own alias
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,11 +68,35 @@ class AliasCreatedData(AliasDeletedData):
 
 @dataclass(frozen=True)
 class AliasObservation:
-    """The registry says: `alias` of `model` points to `version` now (None: the alias is gone)."""
+    """The registry says: `alias` of `model` points to `version` now (None: the alias is gone).
+
+    `observed_at` (epoch seconds, None when unknown) orders observations of one alias: a webhook carries
+    the time MLflow built the delivery (kept across its retries), a poll the time just before it read
+    the registry. An observation older than the one the alias state holds is stale: a retried delivery
+    of a change the state has already moved past must not flip the alias back."""
 
     model: str
     alias: str
     version: str | None
+    observed_at: float | None = None
+
+
+def delivery_time(timestamp: str | None) -> float | None:
+    """The payload's ISO 8601 `timestamp` as epoch seconds; None when missing or unreadable (such a
+    delivery is applied without the staleness check rather than refused)."""
+    if not timestamp or len(timestamp) > 64:
+        return None
+    try:
+        parsed = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        value = parsed.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -120,11 +146,13 @@ def parse_payload(document: Any) -> AliasObservation | IgnoredEvent:
             created = AliasCreatedData.model_validate(envelope.data)
         except ValidationError as exc:
             raise _first_error(exc, "data.") from None
-        return AliasObservation(created.name, created.alias, created.version)
+        return AliasObservation(
+            created.name, created.alias, created.version, delivery_time(envelope.timestamp)
+        )
     if envelope.action == "deleted":
         try:
             deleted = AliasDeletedData.model_validate(envelope.data)
         except ValidationError as exc:
             raise _first_error(exc, "data.") from None
-        return AliasObservation(deleted.name, deleted.alias, None)
+        return AliasObservation(deleted.name, deleted.alias, None, delivery_time(envelope.timestamp))
     return IgnoredEvent(_kind(envelope.entity, envelope.action))

@@ -7,6 +7,7 @@ stale signatures; 400/422 for bodies that are not a usable payload; 413 above th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -119,6 +120,9 @@ async def mlflow_webhook(request: Request, watcher: WatcherDep) -> JSONResponse:
             metrics.IGNORED.labels(kind="unwatched_model").inc()
             status = {"status": "ignored", "event": "unwatched_model"}
         else:
+            if parsed.observed_at is not None and parsed.observed_at > time.time() + cfg.webhook_tolerance_s:
+                # A time from the future would make every real delivery of this alias look stale.
+                parsed = dataclasses.replace(parsed, observed_at=None)
             result = await watcher.recorder.record(parsed, AliasSource.WEBHOOK)
             status = {
                 "status": "published" if result.committed else "unchanged",

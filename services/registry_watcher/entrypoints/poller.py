@@ -52,8 +52,12 @@ class RegistryPoller:
     def lag_seconds(self) -> float:
         return float("nan") if self.last_success is None else time.time() - self.last_success
 
-    def _observe(self, models: list[str] | None) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
-        """Registry view: model -> alias -> version, and which aliases came from stages (blocking)."""
+    def _observe(
+        self, models: list[str] | None
+    ) -> tuple[dict[str, dict[str, str]], dict[str, set[str]], float]:
+        """Registry view: model -> alias -> version, which aliases came from stages, and the time just
+        before the read (every change delivered with an earlier time is in this view) (blocking)."""
+        at = time.time()
         observed = self._registry.aliases(models)
         from_stages: dict[str, set[str]] = {}
         if self._stage_mode:
@@ -65,7 +69,7 @@ class RegistryPoller:
                 # Managed aliases not set for real are decided by stages (also when they vanish).
                 from_stages[model] = {a for a in self._stage_aliases.managed if a not in aliases}
                 observed[model] = {**derived, **aliases}
-        return observed, from_stages
+        return observed, from_stages, at
 
     async def poll_once(self) -> int:
         """One cycle; returns the number of models whose state changed."""
@@ -73,31 +77,32 @@ class RegistryPoller:
         known = {m for m in await self._state.known_models() if self._watched(m)}
         candidates = known | set(self._models or [])
         snapshots = await self._state.snapshots(candidates)
-        observed, from_stages = await asyncio.to_thread(self._observe, self._models)
+        observed, from_stages, read_at = await asyncio.to_thread(self._observe, self._models)
         changed = repaired = 0
         for model in sorted(candidates | {m for m in observed if self._watched(m)}):
             snapshot = snapshots.get(model)
             known_before = snapshot is not None and snapshot.rev != "0"
+            at = read_at
             if snapshot is not None:
                 aliases = observed.get(model, {})
                 stage_set = from_stages.get(model, set())
             else:
                 # First sight of this model: its snapshot must predate the registry read.
                 snapshot = await self._state.snapshot(model)
-                fresh, fresh_stages = await asyncio.to_thread(self._observe, [model])
+                fresh, fresh_stages, at = await asyncio.to_thread(self._observe, [model])
                 aliases = fresh.get(model, {})
                 stage_set = fresh_stages.get(model, set())
             for _attempt in range(MAX_RETRIES_PER_MODEL):
                 if snapshot.aliases == aliases:
                     break
-                ok = await self._recorder.reconcile(snapshot, aliases, self._source_of(stage_set))
+                ok = await self._recorder.reconcile(snapshot, aliases, self._source_of(stage_set), at)
                 if ok:
                     changed += 1
                     repaired += known_before and not stage_set
                     break
                 # A webhook committed meanwhile: re-snapshot, then re-read this model only.
                 snapshot = await self._state.snapshot(model)
-                fresh, fresh_stages = await asyncio.to_thread(self._observe, [model])
+                fresh, fresh_stages, at = await asyncio.to_thread(self._observe, [model])
                 aliases = fresh.get(model, {})
                 stage_set = fresh_stages.get(model, set())
         if repaired:
