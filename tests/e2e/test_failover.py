@@ -81,14 +81,22 @@ def on_cluster(stack: Endpoints, cluster: KafkaCluster) -> Endpoints:
     )
 
 
-def leaders(bootstrap: str, topic: str) -> dict[int, int]:
-    """Partition -> node id of its leader."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
-    try:
-        (described,) = admin.describe_topics([topic])
-        return {int(p["partition_index"]): int(p["leader_id"]) for p in described["partitions"]}
-    finally:
-        admin.close()
+def leaders(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+    """Partition -> node id of its leader, once every partition has one (a new topic's metadata reaches
+    the brokers a moment after its creation is acknowledged)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+        try:
+            (described,) = admin.describe_topics([topic])
+        finally:
+            admin.close()
+        found = {int(p["partition_index"]): int(p["leader_id"]) for p in described["partitions"]}
+        if len(found) == PARTITIONS and min(found.values()) >= 0:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{topic}: partitions without a leader after {timeout_s}s: {found}")
+        time.sleep(0.5)
 
 
 def model_led_by_one_node(bootstrap: str) -> tuple[str, int]:
@@ -266,6 +274,7 @@ def test_killing_the_leader_mid_burst_publishes_each_alias_change_once_and_count
         ups,
         len(traffic.accepted) - ups,
     )
+    assert counts["inferences"] == traffic.predicted  # every answered prediction's event, once
     assert traffic.failed_predictions == 0
 
 
