@@ -281,9 +281,8 @@ class KafkaCluster:
         return self
 
     def wait_ready(self, nodes: Iterable[KafkaNode] | None = None, timeout_s: float = 120.0) -> None:
-        """Until every expected node accepts connections (its acceptors start last) and a Metadata
-        request lists it as a broker, with a controller elected. A restarted node is checked on its own
-        port, since the others may still list its previous incarnation."""
+        """Until every expected node accepts connections (its acceptors start last) and every live node's
+        Metadata lists the expected ones as brokers, with a controller elected."""
         waiting = list(nodes if nodes is not None else self.nodes)
         expected = {n.node_id for n in waiting}
         deadline = time.monotonic() + timeout_s
@@ -298,10 +297,17 @@ class KafkaCluster:
                 time.sleep(0.25)
                 continue
             try:
-                brokers, controller = describe_cluster(",".join(n.bootstrap for n in live))
-                if expected <= brokers and controller is not None and controller >= 0:
+                # Each broker's own view: metadata reaches the brokers one by one, and a client may
+                # ask any of them.
+                views = {n.node_id: describe_cluster(n.bootstrap) for n in live}
+                lagging = {
+                    node: sorted(brokers)
+                    for node, (brokers, controller) in views.items()
+                    if not expected <= brokers or controller is None or controller < 0
+                }
+                if not lagging:
                     return
-                last_error = f"brokers {sorted(brokers)} of {sorted(expected)}, controller {controller}"
+                last_error = f"brokers seen by each node {lagging}, expected {sorted(expected)}"
             except Exception as exc:
                 last_error = repr(exc)
             time.sleep(0.25)
