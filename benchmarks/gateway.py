@@ -18,7 +18,7 @@ import httpx
 from mlflow import MlflowClient
 
 from benchmarks.common import summarize
-from services.cli.devstack.process import ManagedProcess, free_port
+from services.cli.devstack.process import ManagedProcess, free_port, python_module
 from services.cli.devstack.sample_models import register_wine_version, wine_data
 from services.cli.stack_runner import StackRunner
 
@@ -83,7 +83,7 @@ def run(duration_s: float, concurrency: int, rounds: int, workdir: Path) -> dict
         serve_port = free_port()
         serve = ManagedProcess(
             "mlflow-models-serve",
-            [
+            python_module(
                 "mlflow",
                 "models",
                 "serve",
@@ -97,7 +97,7 @@ def run(duration_s: float, concurrency: int, rounds: int, workdir: Path) -> dict
                 str(serve_port),
                 "-w",
                 "1",
-            ],
+            ),
             log_path=workdir / "logs" / "mlflow-models-serve.log",
             env={**runner.service_env(), "MLFLOW_TRACKING_URI": endpoints.mlflow_tracking_uri},
         )

@@ -277,15 +277,25 @@ def demo(workdir: Path = typer.Option(Path(".flywheel/demo"), help="Logs and emb
 
 
 def _print_json(doc: object) -> None:
+    """The result as the last line of stdout, one line of JSON (`| tail -1 | jq .` to read it)."""
     import json
 
-    typer.echo(json.dumps(doc, indent=2))
+    typer.echo(json.dumps(doc, separators=(",", ":")))
 
 
 @bench_app.callback()
 def bench_json_only() -> None:
-    """Benchmarks print one JSON document on stdout: MLflow must not print run URLs there."""
+    """Benchmarks print one JSON line and little else: no MLflow run URLs, progress bars or warnings
+    (the services they start log to files in the workdir)."""
+    import logging
+    import warnings
+
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # also for the helpers they start
+    warnings.filterwarnings("ignore")
+    for noisy in ("mlflow", "alembic", "urllib3", "kafka", "aiokafka", "git"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 BROKER_OPTION = typer.Option(

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,23 @@ class StartupError(RuntimeError):
     pass
 
 
+def python_module(module: str, *args: str) -> list[str]:
+    """argv running a Python tool of this environment (`mlflow`, `uvicorn`, ...) with this interpreter:
+    works from `.venv/bin/flywheel` without the venv's bin on PATH."""
+    return [sys.executable, "-m", module, *args]
+
+
+def with_this_python_on_path(env: Mapping[str, str] | None) -> dict[str, str]:
+    """`env` (default: ours) with this interpreter's bin directory first on PATH, so tools that start
+    their own helpers by name (MLflow's scoring server, uvicorn) find this environment's."""
+    merged = dict(os.environ if env is None else env)
+    bindir = str(Path(sys.executable).parent)
+    path = merged.get("PATH", "")
+    if bindir not in path.split(os.pathsep):
+        merged["PATH"] = os.pathsep.join(p for p in (bindir, path) if p)
+    return merged
+
+
 class ManagedProcess:
     def __init__(
         self,
@@ -41,7 +59,7 @@ class ManagedProcess:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
-        self.env = dict(env) if env is not None else None
+        self.env = with_this_python_on_path(env)
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import urllib.request
 from pathlib import Path
 
-from services.cli.devstack.process import ManagedProcess, free_port, port_open
+from services.cli.devstack.process import ManagedProcess, free_port, port_open, python_module
 
 
 def _http_ok(url: str) -> bool:
@@ -55,9 +54,8 @@ def start_mlflow(
 ) -> tuple[ManagedProcess, str]:
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    argv = [
-        str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
+    argv = python_module(
+        "mlflow",
         "server",
         "--backend-store-uri",
         f"sqlite:///{workdir / 'mlflow.db'}",
@@ -70,7 +68,7 @@ def start_mlflow(
         str(port),
         "--workers",
         "1",
-    ]
+    )
     env = mlflow_server_env()
     env.setdefault("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", webhook_encryption_key(workdir))
     proc = ManagedProcess("mlflow", argv, log_path=workdir / "mlflow.log", env=env, cwd=workdir)
