@@ -362,6 +362,18 @@ def bench_feedback(
     _print_json(run_bench(events, workdir.resolve(), _brokers(broker), counts))
 
 
+@bench_app.command("memory")
+def bench_memory(
+    duration: float = typer.Option(20.0, min=2.0, help="Seconds of load (predictions + feedback)"),
+    concurrency: int = typer.Option(4, min=1, help="Concurrent clients"),
+    workdir: Path = typer.Option(Path(".flywheel/bench-memory")),
+) -> None:
+    """RSS of every service (gateway with two loaded versions, each worker): at rest and peak under load."""
+    from benchmarks.memory import run as run_bench
+
+    _print_json(run_bench(duration, concurrency, workdir.resolve()))
+
+
 @bench_app.command("dataset-writer")
 def bench_dataset_writer(
     rows: int = typer.Option(200_000, min=1000, help="Synthetic example rows"),

@@ -1,0 +1,162 @@
+"""`flywheel bench memory`: resident memory of every Flywheel process, at rest and under load.
+
+The whole stack runs as deployed (one process per service, on Apache Kafka when Java is here): the
+watcher, cache invalidation, a gateway serving two loaded versions of one model (champion and
+challenger), the canary rollout worker, feedback aggregation and the retrainer. RSS is read from
+`/proc/<pid>/status` (VmRSS) for each service's process *and its children* (the gateway's trace export
+child), after a quiet period ("at rest"), then sampled every 0.25 s while clients post predictions, each
+followed by feedback, at the given concurrency ("under load": the peak).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from mlflow import MlflowClient
+
+from services.cli.devstack.sample_models import register_wine_version, wine_data
+from services.cli.stack_runner import RunningService, StackRunner
+
+MIB = 1024 * 1024
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _rss_bytes(pid: int) -> int:
+    """VmRSS of `pid` and, recursively, of its children (0 for a process that is gone)."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+                break
+    except OSError:
+        return 0
+    return total + sum(_rss_bytes(child) for child in _children(pid))
+
+
+def _rss_of(services: dict[str, RunningService]) -> dict[str, int]:
+    out = {}
+    for name, service in services.items():
+        proc = service.process.proc
+        out[name] = _rss_bytes(proc.pid) if proc is not None else 0
+    return out
+
+
+class _Load:
+    """Clients posting a prediction, then feedback on it with its token, until stopped."""
+
+    def __init__(self, gateway: RunningService, model: str, concurrency: int) -> None:
+        self.gateway, self.model = gateway, model
+        self.requests = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(concurrency)
+        ]
+        self._records = [{k: float(v) for k, v in row.items()} for _, row in wine_data().test_x.iterrows()]
+
+    def _run(self, worker: int) -> None:
+        with httpx.Client(base_url=self.gateway.url or "", timeout=10.0) as client:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                user = f"mem-{worker}-{i}"
+                ok = False
+                try:
+                    got = client.post(
+                        f"/v1/models/{self.model}/predict",
+                        json={"inputs": self._records[i % len(self._records)], "user_id": user},
+                    )
+                    if got.status_code == 200:
+                        body = got.json()
+                        fed = client.post(
+                            "/v1/feedback",
+                            json={
+                                "request_id": body["request_id"],
+                                "user_id": user,
+                                "rating": "thumbs_up" if i % 3 else "thumbs_down",
+                                "feedback_token": body.get("feedback_token"),
+                            },
+                        )
+                        ok = fed.status_code in (200, 202)
+                except httpx.HTTPError:
+                    ok = False
+                with self._lock:
+                    self.requests += 1
+                    self.failed += not ok
+
+    def __enter__(self) -> _Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+
+def run(duration_s: float, concurrency: int, workdir: Path) -> dict[str, Any]:
+    with StackRunner(workdir) as runner:
+        endpoints = runner.start_infrastructure()
+        model = f"bench_memory_{int(time.time())}"
+        client = MlflowClient(endpoints.mlflow_tracking_uri)
+        for kind, alias in (("weak", "champion"), ("strong", "challenger")):
+            version, _ = register_wine_version(endpoints.mlflow_tracking_uri, model, kind, experiment="bench")
+            client.set_registered_model_alias(model, alias, version)
+        env = {"FLYWHEEL_MODELS": model, "FLYWHEEL_TRACING_ENABLED": "true"}
+        runner.start_all(replicas=1, extra_env=env)
+        gateway = next(s for name, s in runner.services.items() if name.startswith("gateway"))
+        deadline = time.time() + 120
+        while time.time() < deadline:  # both versions loaded on the replica
+            served = httpx.get(f"{gateway.url}/v1/models/{model}", timeout=5).json().get("aliases", {})
+            if {"champion", "challenger"} <= set(served):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"the gateway did not load champion and challenger: {served}")
+        time.sleep(5.0)
+        at_rest = _rss_of(runner.services)
+        peak = dict(at_rest)
+        with _Load(gateway, model, concurrency) as load:
+            end = time.time() + duration_s
+            while time.time() < end:
+                for name, rss in _rss_of(runner.services).items():
+                    peak[name] = max(peak.get(name, 0), rss)
+                time.sleep(0.25)
+        return {
+            "benchmark": "memory",
+            "broker": endpoints.kafka_broker,
+            "model_versions_loaded_on_gateway": served,
+            "load": {
+                "seconds": duration_s,
+                "concurrency": concurrency,
+                "predict_plus_feedback_pairs": load.requests,
+                "failed": load.failed,
+            },
+            "rss_mib": {
+                name: {
+                    "at_rest": round(at_rest.get(name, 0) / MIB, 1),
+                    "under_load_peak": round(peak[name] / MIB, 1),
+                }
+                for name in sorted(peak)
+            },
+        }
