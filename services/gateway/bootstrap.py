@@ -27,7 +27,7 @@ from services.gateway.domain.serving_table import ServingTable
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.entrypoints.http import router
 from services.gateway.entrypoints.reload_listener import ReloadListener
-from services.gateway.handlers import flush_trace_writes
+from services.gateway.feedback import flush_trace_writes
 from services.gateway.reloader import Reloader
 from services.gateway.settings import GatewaySettings
 from services.shared import http_json

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from services.gateway import handlers
 from services.gateway.entrypoints.deps import GatewayDep
+from services.gateway.feedback import record_feedback
 from services.gateway.schemas import FeedbackRequest, PredictRequest, PredictResponse
 from services.shared import http_json
 from services.shared.identifiers import AliasQuery, ModelName, VersionQuery
@@ -87,4 +88,4 @@ async def model_status(gw: GatewayDep, name: ModelName) -> dict[str, Any]:
     },
 )
 async def feedback(gw: GatewayDep, body: FeedbackRequest) -> dict[str, Any]:
-    return await handlers.record_feedback(gw, body)
+    return await record_feedback(gw, body)
