@@ -114,6 +114,19 @@ EXPECTED = [
 ]
 
 
+def make_the_expected_moves(client: MlflowClient, model: str) -> None:
+    """The alias writes EXPECTED describes: set, move, delete, then a quick A -> B -> A."""
+    client.set_registered_model_alias(model, "champion", "1")
+    time.sleep(0.3)
+    client.set_registered_model_alias(model, "champion", "2")
+    time.sleep(0.3)
+    client.delete_registered_model_alias(model, "champion")
+    time.sleep(0.3)
+    client.set_registered_model_alias(model, "challenger", "1")
+    client.set_registered_model_alias(model, "challenger", "2")
+    client.set_registered_model_alias(model, "challenger", "1")
+
+
 def assert_each_change_once(events: list[AliasChanged], source: str) -> None:
     assert summary(events) == EXPECTED
     assert all(e.source.value == source for e in events)
@@ -125,16 +138,7 @@ def test_webhook_path_one_event_per_change_in_order(
 ) -> None:
     model, _ = watched(poll_s=2.0)
     alias_topic.settle(0.5)
-    mlflow_client.set_registered_model_alias(model, "champion", "1")
-    time.sleep(0.3)
-    mlflow_client.set_registered_model_alias(model, "champion", "2")
-    time.sleep(0.3)
-    mlflow_client.delete_registered_model_alias(model, "champion")
-    time.sleep(0.3)
-    # quick A -> B -> A
-    mlflow_client.set_registered_model_alias(model, "challenger", "1")
-    mlflow_client.set_registered_model_alias(model, "challenger", "2")
-    mlflow_client.set_registered_model_alias(model, "challenger", "1")
+    make_the_expected_moves(mlflow_client, model)
     alias_topic.wait_for(of(model), len(EXPECTED), timeout_s=20)
     alias_topic.settle(4.5)  # two poll cycles: the safety net must not add anything
     assert_each_change_once(alias_topic.events(of(model)), "webhook")  # type: ignore[arg-type]
@@ -161,19 +165,10 @@ def test_two_watchers_behind_one_url_with_both_pollers_publish_each_change_once(
             hook(mlflow_client, f"{balancer.url}/webhooks/mlflow")
             alias_topic.settle(0.5)
             balancer.forwarded.clear()  # the test delivery of the registration
-            mlflow_client.set_registered_model_alias(model, "champion", "1")
-            time.sleep(0.3)
-            mlflow_client.set_registered_model_alias(model, "champion", "2")
-            time.sleep(0.3)
-            mlflow_client.delete_registered_model_alias(model, "champion")
-            time.sleep(0.3)
-            mlflow_client.set_registered_model_alias(model, "challenger", "1")
-            mlflow_client.set_registered_model_alias(model, "challenger", "2")
-            mlflow_client.set_registered_model_alias(model, "challenger", "1")
+            make_the_expected_moves(mlflow_client, model)
             alias_topic.wait_for(of(model), len(EXPECTED), timeout_s=20)
             alias_topic.settle(3.0)  # several poll cycles of both pollers: nothing may be added
-        events = alias_topic.events(of(model))
-        assert summary(events) == EXPECTED  # type: ignore[arg-type]
+        assert summary(alias_topic.events(of(model))) == EXPECTED  # type: ignore[arg-type]
         assert len(balancer.forwarded) == 2 and sum(balancer.forwarded.values()) >= len(EXPECTED), (
             balancer.forwarded
         )
