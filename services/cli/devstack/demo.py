@@ -38,7 +38,7 @@ def act_hot_reload(runner: StackRunner, tracking_uri: str, model: str) -> tuple[
     start_loop_workers(
         runner,
         model,
-        {"FLYWHEEL_FEEDBACK_MIN_CORRECTIONS": "1000000000", "FLYWHEEL_FEEDBACK_THUMBS_DOWN_RATE": "1"},
+        {"FLYWHEEL_FEEDBACK_MIN_CORRECTIONS": "1000000000", "FLYWHEEL_FEEDBACK_MIN_SAMPLE": "1000000000"},
     )
     console.print(f"registry watcher, cache invalidation and {len(replicas)} gateway replicas are up")
 
