@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kafka.admin import KafkaAdminClient
+from kafka.admin import KafkaAdminClient, NewTopic
 from mlflow import MlflowClient
 
 from events import ALIAS_CHANGED, FEEDBACK_RECORDED, AliasChanged, Event, FeedbackRating
@@ -65,9 +65,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     with start_kafka_cluster(
         tmp_path_factory.mktemp("kafka3"), nodes=3, extra_config=FAST_FAILOVER
     ) as running:
+        create_with_shared_leaders(running, [ALIAS_CHANGED, FEEDBACK_RECORDED])
         report = ensure_topics(running.bootstrap_servers, shape=TopicShape(PARTITIONS, 3))
         assert not report.problems(), report.problems()
         yield running
+
+
+def create_with_shared_leaders(cluster: KafkaCluster, topics: list[str]) -> None:
+    """Create `topics` with one replica assignment, so partition p has the same preferred leader in each:
+    the leader-kill test then finds a model whose two partitions one broker leads (left to the controller,
+    the leaders of two topics may share no partition at all, which once failed CI)."""
+    ids = [n.node_id for n in cluster.nodes]
+    assignment = {p: [ids[(p + k) % len(ids)] for k in range(len(ids))] for p in range(PARTITIONS)}
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers.split(","))
+    try:
+        admin.create_topics([NewTopic(t, replica_assignments=assignment) for t in topics], timeout_ms=30_000)
+    finally:
+        admin.close()
 
 
 @pytest.fixture()
