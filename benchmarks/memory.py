@@ -4,13 +4,12 @@ The whole stack runs as deployed (one process per service, on Apache Kafka when 
 watcher, cache invalidation, a gateway serving two loaded versions of one model (champion and
 challenger), the canary rollout worker, feedback aggregation and the retrainer. RSS is read from
 `/proc/<pid>/status` (VmRSS) for each service's process *and its children* (the gateway's trace export
-child), after a quiet period ("at rest"), then sampled every 0.25 s while clients post predictions, each
-followed by feedback, at the given concurrency ("under load": the peak).
+child), after a quiet period ("at rest"), then sampled every 0.25 s while the demo's simulated users post
+predictions and rate each answer, at the given concurrency ("under load": the peak).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from typing import Any
 import httpx
 from mlflow import MlflowClient
 
-from services.cli.devstack.sample_models import register_wine_version, wine_data
+from services.cli.devstack.demo_traffic import TrafficClient
+from services.cli.devstack.sample_models import register_wine_version
 from services.cli.stack_runner import RunningService, StackRunner
 
 MIB = 1024 * 1024
@@ -59,61 +59,6 @@ def _rss_of(services: dict[str, RunningService]) -> dict[str, int]:
     return out
 
 
-class _Load:
-    """Clients posting a prediction, then feedback on it with its token, until stopped."""
-
-    def __init__(self, gateway: RunningService, model: str, concurrency: int) -> None:
-        self.gateway, self.model = gateway, model
-        self.requests = 0
-        self.failed = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(concurrency)
-        ]
-        self._records = [{k: float(v) for k, v in row.items()} for _, row in wine_data().test_x.iterrows()]
-
-    def _run(self, worker: int) -> None:
-        with httpx.Client(base_url=self.gateway.url or "", timeout=10.0) as client:
-            i = 0
-            while not self._stop.is_set():
-                i += 1
-                user = f"mem-{worker}-{i}"
-                ok = False
-                try:
-                    got = client.post(
-                        f"/v1/models/{self.model}/predict",
-                        json={"inputs": self._records[i % len(self._records)], "user_id": user},
-                    )
-                    if got.status_code == 200:
-                        body = got.json()
-                        fed = client.post(
-                            "/v1/feedback",
-                            json={
-                                "request_id": body["request_id"],
-                                "user_id": user,
-                                "rating": "thumbs_up" if i % 3 else "thumbs_down",
-                                "feedback_token": body.get("feedback_token"),
-                            },
-                        )
-                        ok = fed.status_code in (200, 202)
-                except httpx.HTTPError:
-                    ok = False
-                with self._lock:
-                    self.requests += 1
-                    self.failed += not ok
-
-    def __enter__(self) -> _Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=15)
-
-
 def run(duration_s: float, concurrency: int, workdir: Path) -> dict[str, Any]:
     with StackRunner(workdir) as runner:
         endpoints = runner.start_infrastructure()
@@ -136,7 +81,7 @@ def run(duration_s: float, concurrency: int, workdir: Path) -> dict[str, Any]:
         time.sleep(5.0)
         at_rest = _rss_of(runner.services)
         peak = dict(at_rest)
-        with _Load(gateway, model, concurrency) as load:
+        with TrafficClient([gateway], model, concurrency, users=True, feedback=True) as load:
             end = time.time() + duration_s
             while time.time() < end:
                 for name, rss in _rss_of(runner.services).items():
@@ -149,8 +94,9 @@ def run(duration_s: float, concurrency: int, workdir: Path) -> dict[str, Any]:
             "load": {
                 "seconds": duration_s,
                 "concurrency": concurrency,
-                "predict_plus_feedback_pairs": load.requests,
-                "failed": load.failed,
+                "predictions": len(load.traffic.rows),
+                "feedback_accepted": load.feedback_sent,
+                "failed": len(load.traffic.errors),
             },
             "rss_mib": {
                 name: {

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from mlflow import MlflowClient
 
 from events import CANARY_DECISIONS, CanaryDecision
+from services.cli.devstack.background import Background
 from services.cli.devstack.sample_models import register_broken_version, register_wine_version, wine_data
 from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import RunningService, StackRunner
@@ -107,19 +107,18 @@ def reader(stack: Endpoints) -> Iterator[TopicReader]:
     topic.close()
 
 
-class Users:
+class Users(Background):
     """Simulated users sending held-out samples to both replicas, each request as a distinct user."""
 
     def __init__(self, gateways: list[RunningService], model: str, *, distinct: bool = True) -> None:
+        super().__init__(4)
         self.gateways, self.model, self.distinct = gateways, model, distinct
         self.responses: list[tuple[str, int, str | None, str | None]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(4)]
         self._counter = itertools.count()
 
     def _run(self, worker: int) -> None:
         with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
+            while self.running:
                 i = next(self._counter)
                 user = f"user-{i}" if self.distinct else f"user-{i % 50}"
                 gateway = self.gateways[i % len(self.gateways)]
@@ -130,16 +129,6 @@ class Users:
                 body = resp.json() if resp.status_code == 200 else {}
                 self.responses.append((user, resp.status_code, body.get("variant"), body.get("version")))
                 time.sleep(0.01)
-
-    def __enter__(self) -> Users:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=15)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from mlflow import MlflowClient
 
 from events import ALIAS_CHANGED, FEEDBACK_RECORDED, AliasChanged, Event, FeedbackRating
+from services.cli.devstack.background import Background
 from services.cli.devstack.kafka import KafkaCluster, apache_kafka_availability, start_kafka_cluster
 from services.cli.devstack.process import free_port
 from services.cli.devstack.sample_models import register_wine_version, wine_data
@@ -124,23 +125,24 @@ def model_led_by_one_node(bootstrap: str) -> tuple[str, int]:
     raise AssertionError(f"no partition shares its leader: {alias_leaders} / {feedback_leaders}")
 
 
-class Traffic:
+class Traffic(Background):
     """Predictions on every replica, each followed by feedback carrying its token; keeps what was accepted."""
 
+    join_s = 30.0
+
     def __init__(self, replicas: list[RunningService], model: str) -> None:
+        super().__init__(len(replicas))
         self.replicas, self.model = replicas, model
         self.predicted = 0
         self.failed_predictions = 0
         self.accepted: dict[tuple[str, str], FeedbackRating] = {}
         self.refused = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(r,), daemon=True) for r in replicas]
-        self._lock = threading.Lock()
 
-    def _run(self, replica: RunningService) -> None:
+    def _run(self, worker: int) -> None:
+        replica = self.replicas[worker]
         with httpx.Client(timeout=15.0) as client:
             i = 0
-            while not self._stop.is_set():
+            while self.running:
                 i += 1
                 user = f"{replica.name}-u{i}"
                 try:
@@ -176,16 +178,6 @@ class Traffic:
                     else:
                         self.refused += 1
                 time.sleep(0.02)
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
 
 
 def champion_served(replica: RunningService, model: str) -> str | None:

@@ -4,7 +4,6 @@ the other takes the rollout over from Redis — one promotion, no step skipped o
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from events import CANARY_DECISIONS, CanaryDecision
+from services.cli.devstack.background import Background
 from services.cli.devstack.sample_models import register_wine_version, wine_data
 from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import RunningService, StackRunner
@@ -25,30 +25,21 @@ TOKEN = "scale-out-token"
 SAMPLES = [{k: float(v) for k, v in row.items()} for _, row in wine_data().test_x.iterrows()]
 
 
-class Traffic:
+class Traffic(Background):
     def __init__(self, gateway: RunningService, model: str) -> None:
+        super().__init__()
         self.gateway, self.model = gateway, model
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
+    def _run(self, worker: int) -> None:
         with httpx.Client(timeout=10) as client:
             i = 0
-            while not self._stop.is_set():
+            while self.running:
                 client.post(
                     f"{self.gateway.url}/v1/models/{self.model}/predict",
                     json={"inputs": SAMPLES[i % len(SAMPLES)], "user_id": f"u{i}"},
                 )
                 i += 1
                 time.sleep(0.01)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
 
 
 @pytest.fixture()

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from services.cli.devstack.background import Background
 from services.cli.devstack.sample_models import wine_data
 from services.cli.stack_runner import RunningService
 
@@ -31,7 +32,7 @@ class Traffic:
                 self.errors.append(error)
 
 
-class TrafficClient:
+class TrafficClient(Background):
     """Threads sending held-out samples to every replica in turn until stopped.
 
     With `users=True` each request comes from a new simulated user (so a canary split applies); with
@@ -48,6 +49,7 @@ class TrafficClient:
         users: bool = False,
         feedback: bool = False,
     ) -> None:
+        super().__init__(threads)
         data = wine_data()
         self.samples = [
             ({k: float(v) for k, v in row.items()}, int(label))
@@ -63,13 +65,11 @@ class TrafficClient:
         self._threads_n = threads
         self._raters = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rater")
         self._rater_client = httpx.Client(timeout=30.0)
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def _run(self, worker: int) -> None:
         i = worker
         with httpx.Client(timeout=10.0) as client:
-            while not self._stop.is_set():
+            while self.running:
                 replica = self.replicas[i % len(self.replicas)]
                 record, label = self.samples[i % len(self.samples)]
                 user = f"user-{worker}-{i}" if self.users else None
@@ -111,14 +111,8 @@ class TrafficClient:
                 with self.traffic.lock:
                     self.feedback_sent += 1
 
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
+        super().stop()
         self._raters.shutdown(wait=True, cancel_futures=True)
         self._rater_client.close()
 
