@@ -8,12 +8,17 @@ workarounds), on that broker, with the same N FeedbackRecorded messages:
   produced (aiokafka, same profile) to `flywheel.feedback.recorded` while the feedback aggregation worker
   (subprocesses, as deployed: `--instances 1,2` runs one, then two in one consumer group) runs; the clock
   stops when the Redis summaries have applied all N (each one an exact, idempotent, persisted count).
-Target: flywheel >= 0.5x the ceiling. Also reports the dataset writer's rows/s (Parquet target 100k).
+Target: flywheel >= 0.5x the ceiling. Then the same on a backlog, with no producer competing for the
+CPU: the workers paused while N more are produced, resumed and timed until all are applied, against a
+bare aiokafka consumer reading N pre-produced messages (target: 10,000 events/s per worker).
+Also reports the dataset writer's rows/s (Parquet target 100k).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from datetime import UTC, datetime
@@ -152,6 +157,13 @@ def _flywheel(
                 raise RuntimeError(f"only {applied()} of {n + len(warmup)} applied")
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        drained = _drain(
+            workers,
+            endpoints,
+            profile,
+            [m for i in range(n) for m in _messages(names[i % models], 1)],
+            applied,
+        )
     finally:
         for worker in workers:
             worker.process.stop()
@@ -163,7 +175,59 @@ def _flywheel(
         "events_per_s": round(n / elapsed, 1),
         "seconds": round(elapsed, 2),
         "produce_s": round(produced, 2),
+        "backlog_drain_events_per_s": round(drained, 1),
     }
+
+
+def _drain(
+    workers: list[Any], endpoints: Endpoints, profile: str, messages: list[tuple[bytes, bytes]], applied: Any
+) -> float:
+    """Events/s of the workers on a backlog, with no producer beside them: the workers are paused
+    (SIGSTOP, shorter than their session timeout), the messages produced, then the workers resumed and
+    timed until every message is applied."""
+    before = applied()
+    pids = [w.process.proc.pid for w in workers]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        asyncio.run(_produce(endpoints, profile, FEEDBACK_RECORDED, messages))
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    started = time.perf_counter()
+    deadline = time.time() + 600
+    while applied() < before + len(messages):
+        if time.time() > deadline:
+            raise RuntimeError(f"only {applied() - before} of {len(messages)} applied")
+        time.sleep(0.02)
+    return len(messages) / (time.perf_counter() - started)
+
+
+async def _consume_backlog(endpoints: Endpoints, profile: str, messages: list[tuple[bytes, bytes]]) -> float:
+    """The bare aiokafka consumer on a backlog: messages produced first, then read back and timed."""
+    topic = f"bench.backlog.{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap_servers)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    await _produce(endpoints, profile, topic, messages)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=endpoints.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        **{k: v for k, v in profile_named(profile).aiokafka_consumer.items() if k == "fetch_max_wait_ms"},
+    )
+    await consumer.start()
+    try:
+        started = time.perf_counter()
+        seen = 0
+        while seen < len(messages):
+            batch = await consumer.getmany(timeout_ms=200)
+            seen += sum(len(records) for records in batch.values())
+        return len(messages) / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
 
 
 def run(events: int, workdir: Path, brokers: list[str], instances: list[int] | None = None) -> dict[str, Any]:
@@ -179,6 +243,7 @@ def run(events: int, workdir: Path, brokers: list[str], instances: list[int] | N
         assert endpoints is not None
         profile = endpoints.kafka_profile
         ceiling = asyncio.run(_ceiling(endpoints, profile, _messages("ceiling", events)))
+        backlog_ceiling = asyncio.run(_consume_backlog(endpoints, profile, _messages("ceiling", events)))
         best: dict[int, dict[str, Any]] = {}
         for count in order:
             got = _flywheel(runner, endpoints, profile, events, instances=count)
@@ -190,6 +255,9 @@ def run(events: int, workdir: Path, brokers: list[str], instances: list[int] | N
             "flywheel_aggregation": first,
             "ratio": round(first["events_per_s"] / ceiling, 3),
             "meets_target_0_5": first["events_per_s"] / ceiling >= 0.5,
+            "bare_aiokafka_consume_backlog_events_per_s": round(backlog_ceiling, 1),
+            "backlog_ratio": round(first["backlog_drain_events_per_s"] / backlog_ceiling, 3),
+            "backlog_meets_10k_per_worker": first["backlog_drain_events_per_s"] >= 10_000,
         }
         if len(counts) > 1:
             result["scale_out"] = {

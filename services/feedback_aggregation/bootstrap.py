@@ -66,6 +66,7 @@ def build_runtime(settings: FeedbackSettings, service: FeedbackService | None = 
         timers=[Timer(settings.feedback_tick_s, svc.tick, "tick")],
         startup=[svc.restore],
         on_stop=[svc.close],
+        batched=True,
     )
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -40,6 +40,7 @@ from kafka.partitioner.default import murmur2
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from events import Event, EventDecodeError, decode
+from services.shared.batch_consumer import BatchConsumer
 from services.shared.faust_app import event_topic, make_faust_app
 from services.shared.kafka.admin import check_topics
 from services.shared.retry import retry_forever
@@ -115,6 +116,9 @@ class ConsumerRuntime:
     retry_max_s: float = 5.0
     faust_overrides: dict[str, Any] = field(default_factory=dict)
     on_assignment: Sequence[Callable[[], Awaitable[object]]] = ()
+    # Consume every subscription in fetched batches with one aiokafka consumer instead of Faust agents
+    # (`services.shared.batch_consumer`): for batch handlers on high-volume topics.
+    batched: bool = False
     assigned: bool = False
     started: bool = False
     # What this instance consumes now (topic -> partitions) and how many partitions each topic has.
@@ -145,8 +149,13 @@ class ConsumerRuntime:
             web_bind=self.web_bind,
             **self.faust_overrides,
         )
-        for sub in self.subscriptions:
-            self._agent(app, sub)
+        if self.batched:
+            # The consumer group is the batch consumer's (`_start` runs it once start-up is done): Faust's
+            # own consumer must not start, it would join the same group with no topics.
+            app.boot_strategy = faust.app.base.BootStrategy(app, enable_kafka_consumer=False)
+        else:
+            for sub in self.subscriptions:
+                self._agent(app, sub)
         for timer in self.timers:
             app.timer(timer.interval_s, name=f"{self.worker}-{timer.name}")(self._guarded(timer))
         app.task(self._start)
@@ -155,28 +164,16 @@ class ConsumerRuntime:
         async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
             # Faust hands over the whole new assignment (what is not in it has been revoked).
             assigned = args[0] if args else kwargs.get("assigned", ())
-            partitions: dict[str, set[int]] = {}
-            for tp in assigned:
-                partitions.setdefault(tp.topic, set()).add(tp.partition)
-            for sub in self.subscriptions:
-                count = app.consumer.topic_partitions(sub.topic)
-                if count:
-                    self.topic_partitions[sub.topic] = count
-            self.partitions = partitions
-            self.assigned = True
-            log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
-            if self.started:  # before that, start-up restores what is ours
-                await self._assignment_changed()
+            counts = {sub.topic: app.consumer.topic_partitions(sub.topic) or 0 for sub in self.subscriptions}
+            await self.partitions_assigned(assigned, counts)
 
         async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
-            # Until the next assignment, a revoked partition is nobody's here: no decision about its keys.
-            revoked = args[0] if args else kwargs.get("revoked", ())
-            for tp in revoked:
-                self.partitions.get(tp.topic, set()).discard(tp.partition)
+            self.partitions_revoked(args[0] if args else kwargs.get("revoked", ()))
 
-        # mode's handler type (a generic callable union) does not accept a plain async def under mypy.
-        app.on_partitions_assigned.connect(cast(Any, on_assigned))
-        app.on_partitions_revoked.connect(cast(Any, on_revoked))
+        if not self.batched:  # batched, the batch consumer's listener reports the assignment
+            # mode's handler type (a generic callable union) does not accept a plain async def under mypy.
+            app.on_partitions_assigned.connect(cast(Any, on_assigned))
+            app.on_partitions_revoked.connect(cast(Any, on_revoked))
 
         async def stop(*_: Any, **__: Any) -> None:
             for hook in self.on_stop:
@@ -187,6 +184,25 @@ class ConsumerRuntime:
 
         app.on_before_shutdown.connect(cast(Any, stop))
         return app
+
+    async def partitions_assigned(self, assigned: Iterable[Any], counts: dict[str, int]) -> None:
+        """The whole new assignment (topic-partitions; what is not in it has been revoked) and the
+        partition count of each subscribed topic as the broker told it (0: unknown)."""
+        assigned = list(assigned)
+        partitions: dict[str, set[int]] = {}
+        for tp in assigned:
+            partitions.setdefault(tp.topic, set()).add(tp.partition)
+        self.topic_partitions.update({topic: n for topic, n in counts.items() if n})
+        self.partitions = partitions
+        self.assigned = True
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+        if self.started:  # before that, start-up restores what is ours
+            await self._assignment_changed()
+
+    def partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        """Until the next assignment, a revoked partition is nobody's here: no decision about its keys."""
+        for tp in revoked:
+            self.partitions.get(tp.topic, set()).discard(tp.partition)
 
     async def _assignment_changed(self) -> None:
         for hook in self.on_assignment:
@@ -206,8 +222,11 @@ class ConsumerRuntime:
         for task in self.startup:
             await retry_forever(task, f"{self.worker} start-up ({getattr(task, '__name__', task)})")
         self.started = True
-        if self.after_startup:
-            await asyncio.gather(*(task() for task in self.after_startup))
+        running = [task() for task in self.after_startup]
+        if self.batched:
+            running.append(BatchConsumer(self).run())
+        if running:
+            await asyncio.gather(*running)
 
     def _guarded(self, timer: Timer) -> Callable[[], Awaitable[None]]:
         async def tick() -> None:
