@@ -7,6 +7,7 @@ inside a known version are ignored so producers can add fields without breaking 
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, TypeVar, overload
 
@@ -58,6 +59,10 @@ def decode(raw: bytes | str | dict[str, object], expected: type[E]) -> E: ...
 
 def decode(raw: bytes | str | dict[str, object], expected: type[Event] | None = None) -> Event:
     """Parse one message; `expected` narrows the accepted event type."""
+    if expected is not None and not isinstance(raw, dict):
+        fast = _decode_expected(raw, expected)
+        if fast is not None:
+            return fast
     data = raw if isinstance(raw, dict) else _loads(raw)
     if not isinstance(data, dict):
         raise EventDecodeError("event must be a JSON object")
@@ -81,6 +86,28 @@ def decode(raw: bytes | str | dict[str, object], expected: type[Event] | None = 
         return cls.model_validate(data)
     except ValidationError as exc:
         raise EventDecodeError(f"invalid {name}: {exc}") from exc
+
+
+def _decode_expected(raw: bytes | str, expected: type[E]) -> E | None:
+    """The common case on a consumer's own topic, in one pass of pydantic's JSON parser (about half the
+    time of parsing, then dispatching and validating a dict: the feedback aggregation's hottest line).
+    None when the message is not a valid `expected` of the major version read here; the full path then
+    says why (or accepts what only it reads, e.g. NaN through `json`)."""
+    try:
+        event = expected.model_validate_json(raw)
+    except ValidationError:
+        return None
+    if _schema_of(event.schema_id) != (expected.SCHEMA_NAME, expected.SCHEMA_MAJOR):
+        return None
+    return event
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_of(schema: str) -> tuple[str, int] | None:
+    try:
+        return parse_schema_id(schema)
+    except ValueError:
+        return None
 
 
 def _loads(raw: bytes | str) -> Any:
