@@ -139,6 +139,29 @@ def run_on_brokers(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (its own threads; /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    """User + system CPU seconds of a process so far (its own threads; /proc/<pid>/stat; 0 when gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (from every thread's `/proc/<pid>/task/<tid>/children`)."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its living descendants (a server and the workers or helpers it started)."""
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(child) for child in children(pid))

@@ -17,25 +17,12 @@ from typing import Any
 import httpx
 from mlflow import MlflowClient
 
+from benchmarks.common import children
 from services.cli.devstack.demo_traffic import TrafficClient
 from services.cli.devstack.sample_models import register_wine_version
 from services.cli.stack_runner import RunningService, StackRunner
 
 MIB = 1024 * 1024
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
 
 
 def _rss_bytes(pid: int) -> int:
@@ -48,7 +35,7 @@ def _rss_bytes(pid: int) -> int:
                 break
     except OSError:
         return 0
-    return total + sum(_rss_bytes(child) for child in _children(pid))
+    return total + sum(_rss_bytes(child) for child in children(pid))
 
 
 def _rss_of(services: dict[str, RunningService]) -> dict[str, int]:

@@ -123,11 +123,12 @@ def bench_dataset_writer(
 @bench_app.command("gateway")
 def bench_gateway(
     duration: float = typer.Option(10.0, min=1.0, help="Seconds per measured round and server"),
-    concurrency: int = typer.Option(4, min=1, help="Concurrent keep-alive clients"),
-    rounds: int = typer.Option(2, min=1, help="Alternating rounds per server"),
+    concurrency: str = typer.Option("1,4,16", help="Concurrent keep-alive connections, e.g. 1,4,16"),
+    rounds: int = typer.Option(2, min=1, help="Alternating rounds per server and concurrency"),
     workdir: Path = typer.Option(Path(".flywheel/bench-gateway")),
 ) -> None:
-    """Gateway vs `mlflow models serve` on the same model: requests/s, p50/p99, side by side."""
+    """Gateway vs `mlflow models serve` and MLServer on the same model: req/s, p50/p99, CPU per 1k."""
     from benchmarks.gateway import run as run_bench
 
-    _print_json(run_bench(duration, concurrency, rounds, workdir.resolve()))
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    _print_json(run_bench(duration, levels, rounds, workdir.resolve()))
