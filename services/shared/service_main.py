@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 from services.shared.consumer import ConsumerRuntime
 from services.shared.faust_app import run_worker
 from services.shared.logging_setup import configure_logging
+from services.shared.mlflow_environment import skip_absent_environment_probes
 from services.shared.settings import FlywheelSettings
 
 SettingsT = TypeVar("SettingsT", bound=FlywheelSettings)
@@ -25,6 +26,7 @@ SettingsT = TypeVar("SettingsT", bound=FlywheelSettings)
 def serve_http(app: FastAPI, host: str, port: int) -> None:
     """Serve `app` until SIGTERM/SIGINT. No access log and only uvicorn's warnings: the services log
     what matters themselves."""
+    skip_absent_environment_probes()
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -44,4 +46,5 @@ def run_consumer_worker(
     log.info("starting %s: %s", service.replace("-", " "), settings.safe_summary())
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
+    skip_absent_environment_probes()
     run_worker(build_runtime(settings).build(), settings.log_level)

@@ -146,4 +146,7 @@ def _child_main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from services.shared.mlflow_environment import skip_absent_environment_probes
+
+    skip_absent_environment_probes()
     _child_main(sys.argv[1:])
