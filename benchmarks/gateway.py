@@ -4,7 +4,8 @@ Peers: `mlflow models serve` (MLflow's scoring server) and **MLServer** + `mlser
 runs for MLflow models; its own cached virtualenv, `services.cli.devstack.mlserver`). The three run on
 this machine at the same time, one worker process each, and serve the same registered sklearn version
 (the artifact downloaded once); the gateway does its whole job meanwhile: alias routing, one MLflow trace
-per request, an InferenceRecorded event per request.
+per request, an InferenceRecorded event per request. A second gateway with tracing off runs beside it, so
+the price of the trace is measured, not guessed.
 
 Load: Debian's `wrk` (one C thread, keep-alive connections, the same one-record body per server in its
 own protocol) at each concurrency, servers alternating A, B, C, A, B, C so drift of the shared machine
@@ -150,6 +151,10 @@ def run(duration_s: float, concurrencies: list[int], rounds: int, workdir: Path)
         gateway = runner.start_gateway(
             "bench-gw", {"FLYWHEEL_MODELS": model, "FLYWHEEL_TRACING_ENABLED": "true"}
         )
+        # The same gateway without its MLflow trace per request: what tracing costs, measured beside it.
+        untraced = runner.start_gateway(
+            "bench-gw-untraced", {"FLYWHEEL_MODELS": model, "FLYWHEEL_TRACING_ENABLED": "false"}
+        )
         try:
             v2 = {
                 "inputs": [
@@ -168,8 +173,14 @@ def run(duration_s: float, concurrencies: list[int], rounds: int, workdir: Path)
                     json.dumps({"inputs": record}).encode(),
                     _pid(gateway.process),
                 ),
+                "flywheel_gateway_untraced": (
+                    f"{untraced.url}/v1/models/{model}/predict",
+                    json.dumps({"inputs": record}).encode(),
+                    _pid(untraced.process),
+                ),
             }
-            for url, body, _ in targets.values():  # warm up (first trace, connection pools, JIT caches)
+            for url, body, _ in targets.values():  # first request (a lazy model load), then warm up
+                httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=120)
                 _measure(url, body, 2.0, 4, workdir, use_wrk)
             results: dict[int, dict[str, list[dict[str, Any]]]] = {}
             for concurrency in concurrencies:
@@ -191,10 +202,12 @@ def run(duration_s: float, concurrencies: list[int], rounds: int, workdir: Path)
         merged = {name: _merge(runs) for name, runs in per_target.items()}
         best_peer = max(("mlflow_models_serve", "mlserver"), key=lambda n: merged[n]["rps"])
         ratio = merged["flywheel_gateway"]["rps"] / merged[best_peer]["rps"]
+        untraced_ratio = merged["flywheel_gateway_untraced"]["rps"] / merged[best_peer]["rps"]
         by_concurrency[str(concurrency)] = {
             "results": merged,
             "best_peer": best_peer,
             "throughput_ratio_vs_best_peer": round(ratio, 3),
+            "untraced_ratio_vs_best_peer": round(untraced_ratio, 3),
             "meets_target": ratio >= TARGET_RATIO,
         }
     c1 = by_concurrency.get("1", {}).get("results", {}).get("flywheel_gateway")
