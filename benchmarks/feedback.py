@@ -76,11 +76,18 @@ async def _produce(
         await producer.stop()
 
 
-async def _ceiling(endpoints: Endpoints, profile: str, messages: list[tuple[bytes, bytes]]) -> float:
-    topic = f"bench.ceiling.{uuid.uuid4().hex[:8]}"
+async def _bare_read(
+    endpoints: Endpoints, profile: str, messages: list[tuple[bytes, bytes]], *, backlog: bool
+) -> float:
+    """Events/s of a bare aiokafka consumer on a fresh one-partition topic: with `backlog`, the messages
+    are produced first and only the reading is timed; without, produce and consume run together and the
+    clock runs from the produce start to the last message read (the end-to-end ceiling)."""
+    topic = f"bench.{'backlog' if backlog else 'ceiling'}.{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap_servers)
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     admin.close()
+    if backlog:
+        await _produce(endpoints, profile, topic, messages)
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=endpoints.kafka_bootstrap_servers,
@@ -92,13 +99,14 @@ async def _ceiling(endpoints: Endpoints, profile: str, messages: list[tuple[byte
     await consumer.start()
     try:
         started = time.perf_counter()
-        produce = asyncio.create_task(_produce(endpoints, profile, topic, messages))
+        produce = None if backlog else asyncio.create_task(_produce(endpoints, profile, topic, messages))
         seen = 0
         while seen < len(messages):
             batch = await consumer.getmany(timeout_ms=200)
             seen += sum(len(records) for records in batch.values())
         elapsed = time.perf_counter() - started
-        await produce
+        if produce is not None:
+            await produce
     finally:
         await consumer.stop()
     return len(messages) / elapsed
@@ -211,33 +219,6 @@ def _drain(
     }
 
 
-async def _consume_backlog(endpoints: Endpoints, profile: str, messages: list[tuple[bytes, bytes]]) -> float:
-    """The bare aiokafka consumer on a backlog: messages produced first, then read back and timed."""
-    topic = f"bench.backlog.{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap_servers)
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    admin.close()
-    await _produce(endpoints, profile, topic, messages)
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=endpoints.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        **{k: v for k, v in profile_named(profile).aiokafka_consumer.items() if k == "fetch_max_wait_ms"},
-    )
-    await consumer.start()
-    try:
-        started = time.perf_counter()
-        seen = 0
-        while seen < len(messages):
-            batch = await consumer.getmany(timeout_ms=200)
-            seen += sum(len(records) for records in batch.values())
-        return len(messages) / (time.perf_counter() - started)
-    finally:
-        await consumer.stop()
-
-
 def run(events: int, workdir: Path, brokers: list[str], instances: list[int] | None = None) -> dict[str, Any]:
     """Per broker: the bare ceiling, then the worker with each instance count, in the order 1, 2, ..., 2, 1
     (every count measured twice, on both sides of the others, best kept: a shared machine is noisy)."""
@@ -250,8 +231,10 @@ def run(events: int, workdir: Path, brokers: list[str], instances: list[int] | N
         endpoints = runner.endpoints
         assert endpoints is not None
         profile = endpoints.kafka_profile
-        ceiling = asyncio.run(_ceiling(endpoints, profile, _messages("ceiling", events)))
-        backlog_ceiling = asyncio.run(_consume_backlog(endpoints, profile, _messages("ceiling", events)))
+        ceiling = asyncio.run(_bare_read(endpoints, profile, _messages("ceiling", events), backlog=False))
+        backlog_ceiling = asyncio.run(
+            _bare_read(endpoints, profile, _messages("ceiling", events), backlog=True)
+        )
         best: dict[int, dict[str, Any]] = {}
         for count in order:
             got = _flywheel(runner, endpoints, profile, events, instances=count)

@@ -18,7 +18,13 @@ from fastapi.concurrency import run_in_threadpool
 from events import FEEDBACK_RECORDED, INFERENCES
 from services.gateway.adapters.inference_events import InferenceEmitter
 from services.gateway.adapters.mlflow_feedback import FeedbackService
-from services.gateway.adapters.model_loader import LoadedModel, MlflowModelLoader, dspy_lm_factory, warm_up
+from services.gateway.adapters.model_loader import (
+    LoadedModel,
+    MlflowModelLoader,
+    dspy_lm_factory,
+    use_object_strings,
+    warm_up,
+)
 from services.gateway.adapters.request_log import RequestLog
 from services.gateway.adapters.tracing import PredictionTracer
 from services.gateway.adapters.traffic_router import TrafficRouter
@@ -77,6 +83,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         max_queue=settings.inference_queue_size,
         batch_size=settings.inference_batch_size,
         flush_ms=settings.inference_flush_ms,
+        linger_ms=settings.inference_linger_ms,
     )
     tracer = PredictionTracer(
         settings.mlflow_tracking_uri, settings.trace_experiment, enabled=settings.tracing_enabled
@@ -160,4 +167,6 @@ def run() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     settings = GatewaySettings()
     configure_logging(settings.log_level, f"gateway[{settings.replica_name()}]")
+    if settings.pandas_object_strings:
+        use_object_strings()
     serve_http(create_app(settings), settings.gateway_host, settings.gateway_port)
