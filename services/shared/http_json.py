@@ -217,6 +217,17 @@ class JsonPolicyRoute(APIRoute):
         return checked
 
 
+def documented(specific: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` of a route: the statuses this policy answers on every body-taking route (413
+    over the size limit, 422 naming the field) plus the route's own, which win (status -> description)."""
+    statuses = {
+        413: "Body larger than the limit.",
+        422: "Invalid body; `field` names the culprit.",
+        **specific,
+    }
+    return {status: {"description": text} for status, text in sorted(statuses.items())}
+
+
 def authorized_routes(check: Authorize) -> type[JsonPolicyRoute]:
     """A route class whose requests pass `check` (raising 401/403/503) before anything else."""
     return type("AuthorizedJsonPolicyRoute", (JsonPolicyRoute,), {"authorize": staticmethod(check)})

@@ -78,15 +78,15 @@ def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True
     @admin.post(
         "/v1/rollouts/{model}/{action}",
         tags=["canary"],
-        responses={
-            401: {"description": "Missing or invalid bearer token (checked before anything else)."},
-            404: {"description": "Unknown action, or no rollout for the model."},
-            409: {"description": "The action does not apply to the rollout's state."},
-            413: {"description": "Body larger than the limit."},
-            422: {"description": "Invalid body; `field` names the culprit."},
-            403: {"description": "Admin actions are disabled (no FLYWHEEL_ADMIN_TOKEN)."},
-            503: {"description": "No instance owns the model right now (a rebalance); retry."},
-        },
+        responses=http_json.documented(
+            {
+                401: "Missing or invalid bearer token (checked before anything else).",
+                403: "Admin actions are disabled (no FLYWHEEL_ADMIN_TOKEN).",
+                404: "Unknown action, or no rollout for the model.",
+                409: "The action does not apply to the rollout's state.",
+                503: "No instance owns the model right now (a rebalance); retry.",
+            }
+        ),
     )
     async def act(model: ModelName, action: str, body: AdminAction | None = None) -> dict[str, Any]:
         if action not in ADMIN_ACTIONS:

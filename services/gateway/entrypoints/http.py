@@ -23,13 +23,14 @@ from services.shared.resolution import ResolutionReader
 
 router = APIRouter(route_class=http_json.JsonPolicyRoute)
 
-PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"description": "Unknown model, alias or version, or a model this gateway does not serve."},
-    413: {"description": "Body larger than the limit."},
-    422: {"description": "Invalid body or inputs; `field` names the culprit (e.g. `inputs[3].alcohol`)."},
-    502: {"description": "The model raised while predicting."},
-    503: {"description": "The model cannot be loaded or resolved right now (retry later)."},
-}
+PREDICT_RESPONSES = http_json.documented(
+    {
+        404: "Unknown model, alias or version, or a model this gateway does not serve.",
+        422: "Invalid body or inputs; `field` names the culprit (e.g. `inputs[3].alcohol`).",
+        502: "The model raised while predicting.",
+        503: "The model cannot be loaded or resolved right now (retry later).",
+    }
+)
 
 
 @router.post(
@@ -77,15 +78,15 @@ async def model_status(gw: GatewayDep, name: ModelName) -> dict[str, Any]:
     "/v1/feedback",
     status_code=202,
     tags=["feedback"],
-    responses={
-        401: {"description": "No valid feedback_token for this request and user_id."},
-        403: {"description": "The token expired, or feedback is closed (no FLYWHEEL_FEEDBACK_SECRET)."},
-        404: {"description": "No served prediction with this request_id / trace_id."},
-        413: {"description": "Body larger than the limit."},
-        429: {"description": "Too many ratings from this user this minute (Retry-After)."},
-        422: {"description": "Invalid body; `field` names the culprit."},
-        503: {"description": "MLflow, Redis or Kafka cannot take it now; nothing was counted, retry."},
-    },
+    responses=http_json.documented(
+        {
+            401: "No valid feedback_token for this request and user_id.",
+            403: "The token expired, or feedback is closed (no FLYWHEEL_FEEDBACK_SECRET).",
+            404: "No served prediction with this request_id / trace_id.",
+            429: "Too many ratings from this user this minute (Retry-After).",
+            503: "MLflow, Redis or Kafka cannot take it now; nothing was counted, retry.",
+        }
+    ),
 )
 async def feedback(gw: GatewayDep, body: FeedbackRequest) -> dict[str, Any]:
     return await record_feedback(gw, body)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -32,14 +31,16 @@ TIMESTAMP_HEADER = "x-mlflow-timestamp"
 DELIVERY_HEADER = "x-mlflow-delivery-id"
 
 
-WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Published after Kafka's ack, unchanged, ignored, or a duplicate delivery."},
-    400: {"description": "The body is not JSON."},
-    401: {"description": "Missing, bad or stale signature, or missing delivery headers."},
-    413: {"description": "Body larger than FLYWHEEL_WEBHOOK_MAX_BODY_BYTES."},
-    422: {"description": "Not a usable payload (policy or contract); `field` names the culprit."},
-    503: {"description": "Kafka or Redis unavailable: MLflow retries, the event waits in the outbox."},
-}
+WEBHOOK_RESPONSES = http_json.documented(
+    {
+        200: "Published after Kafka's ack, unchanged, ignored, or a duplicate delivery.",
+        400: "The body is not JSON.",
+        401: "Missing, bad or stale signature, or missing delivery headers.",
+        413: "Body larger than FLYWHEEL_WEBHOOK_MAX_BODY_BYTES.",
+        422: "Not a usable payload (policy or contract); `field` names the culprit.",
+        503: "Kafka or Redis unavailable: MLflow retries, the event waits in the outbox.",
+    }
+)
 
 
 def _error(status: int, error: str, detail: str, **extra: object) -> JSONResponse:
