@@ -38,7 +38,8 @@ async def record_feedback(gw: Gateway, body: FeedbackRequest) -> dict[str, Any]:
     """A rating of one served prediction -> FeedbackRecorded (before the 202) + MLflow trace feedback.
 
     A repeated submission (same request, same user) answers with the first feedback id and is not
-    counted again; when Redis, MLflow or Kafka cannot take it, nothing was counted (503, retry).
+    counted again; when Redis, MLflow or Kafka cannot confirm it, 503 asks for a retry (when a broker dies
+    mid-write the rating may be stored although unconfirmed: the retry is recognised and counts once).
     Refused before anything is looked up or counted: feedback without a valid token for this request and
     user (401; 403 once expired or while no secret is configured), above the user's rate (429)."""
     request = await _served(gw, body)

@@ -3,7 +3,7 @@
 Status codes: 404 for an unknown model or alias, 422 for inputs that do not match the model's signature
 (the `field` names the culprit, e.g. `inputs[2].alcohol`), 503 when the model cannot be loaded at all,
 502 when the model itself raised. Feedback: 202 `{"feedback_id"}`, 404 for an unknown request, 503 when
-it cannot be recorded now (nothing was counted).
+it cannot be confirmed now (retry: a retried rating never counts twice).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ async def model_status(gw: GatewayDep, name: ModelName) -> dict[str, Any]:
             403: "The token expired, or feedback is closed (no FLYWHEEL_FEEDBACK_SECRET).",
             404: "No served prediction with this request_id / trace_id.",
             429: "Too many ratings from this user this minute (Retry-After).",
-            503: "MLflow, Redis or Kafka cannot take it now; nothing was counted, retry.",
+            503: "MLflow, Redis or Kafka could not confirm it; retry (a retried rating never counts twice).",
         }
     ),
 )
