@@ -21,6 +21,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -159,11 +160,7 @@ def _flywheel(
         started = time.perf_counter()
         asyncio.run(_produce(endpoints, profile, FEEDBACK_RECORDED, messages))
         produced = time.perf_counter() - started
-        deadline = time.time() + 600
-        while applied() < n + len(warmup):
-            if time.time() > deadline:
-                raise RuntimeError(f"only {applied()} of {n + len(warmup)} applied")
-            time.sleep(0.05)
+        _wait_applied(applied, 0, n + len(warmup))
         elapsed = time.perf_counter() - started
         drained = _drain(
             workers,
@@ -187,12 +184,25 @@ def _flywheel(
     }
 
 
+def _wait_applied(applied: Callable[[], int], before: int, count: int, timeout_s: float = 600.0) -> None:
+    """Until the summaries have applied `count` events more than `before`."""
+    deadline = time.time() + timeout_s
+    while applied() < before + count:
+        if time.time() > deadline:
+            raise RuntimeError(f"only {applied() - before} of {count} applied")
+        time.sleep(0.02)
+
+
 def _drain(
-    workers: list[Any], endpoints: Endpoints, profile: str, messages: list[tuple[bytes, bytes]], applied: Any
+    workers: list[Any],
+    endpoints: Endpoints,
+    profile: str,
+    messages: list[tuple[bytes, bytes]],
+    applied: Callable[[], int],
 ) -> dict[str, Any]:
     """Events/s of the workers on a backlog, with no producer beside them: the workers are paused
-        (SIGSTOP, shorter than their session timeout), the messages produced, then the workers resumed and
-        timed until every message is applied. Also the workers' CPU seconds meanwhile (user + system, from
+    (SIGSTOP, shorter than their session timeout), the messages produced, then the workers resumed and
+    timed until every message is applied. Also the workers' CPU seconds meanwhile (user + system, from
     /proc): events per CPU-second is what one worker does with a core of its own, which this shared
     2-core machine (broker, Redis and MLflow beside it) cannot give it."""
     before = applied()
@@ -205,11 +215,7 @@ def _drain(
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     started, cpu_before = time.perf_counter(), sum(cpu_seconds(pid) for pid in pids)
-    deadline = time.time() + 600
-    while applied() < before + len(messages):
-        if time.time() > deadline:
-            raise RuntimeError(f"only {applied() - before} of {len(messages)} applied")
-        time.sleep(0.02)
+    _wait_applied(applied, before, len(messages))
     elapsed = time.perf_counter() - started
     cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     return {

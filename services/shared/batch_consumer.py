@@ -24,20 +24,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from services.shared.kafka.profile import profile_named
-
-if TYPE_CHECKING:
-    from services.shared.consumer import ConsumerRuntime, Subscription
+from services.shared.settings import FlywheelSettings
 
 log = logging.getLogger(__name__)
 
 Deliveries = list[tuple[int, int, bytes | None]]
+
+
+class Subscription(Protocol):
+    """What this module reads of a `services.shared.consumer.Subscription`."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def batch_max(self) -> int: ...
+
+
+class BatchRuntime(Protocol):
+    """What this module needs of the runtime it consumes for (`services.shared.consumer.ConsumerRuntime`,
+    which imports this module: a protocol here keeps the dependency one way)."""
+
+    worker: str
+    settings: FlywheelSettings
+    group_id: str
+
+    @property
+    def subscriptions(self) -> Sequence[Any]: ...
+    async def handle_batch(self, sub: Any, deliveries: Deliveries) -> None: ...
+    async def partitions_assigned(self, assigned: Iterable[Any], counts: dict[str, int]) -> None: ...
+    def partitions_revoked(self, revoked: Iterable[Any]) -> None: ...
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -60,7 +82,7 @@ class _Listener(ConsumerRebalanceListener):
 class BatchConsumer:
     """Consumes a runtime's subscriptions in fetched batches and commits each batch after its effect."""
 
-    def __init__(self, runtime: ConsumerRuntime, poll_ms: int = 500) -> None:
+    def __init__(self, runtime: BatchRuntime, poll_ms: int = 500) -> None:
         self.runtime = runtime
         self.by_topic: dict[str, Subscription] = {s.topic: s for s in runtime.subscriptions}
         self.max_records = max(s.batch_max for s in runtime.subscriptions)
