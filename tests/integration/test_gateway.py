@@ -97,6 +97,25 @@ def wait_for_version(client: TestClient, model: str, version: str, timeout_s: fl
     raise AssertionError(f"{model} did not serve version {version} within {timeout_s}s")
 
 
+def serve(client: TestClient, resolution: Resolution, model: str, version: str) -> str:
+    """Move the model's champion to `version` (with a reload notice), wait until it is served: `model`."""
+    resolution.move(model, "champion", version)
+    wait_for_version(client, model, version)
+    return model
+
+
+@pytest.fixture()
+def v1_served(gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution) -> str:
+    """The wine model's name, once the gateway serves version 1 as its champion."""
+    return serve(gateway, resolution, wine_model[0], "1")
+
+
+@pytest.fixture()
+def v2_served(gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution) -> str:
+    """The wine model's name, once the gateway serves version 2 as its champion."""
+    return serve(gateway, resolution, wine_model[0], "2")
+
+
 def test_serves_champion_with_trace_and_inference_event(
     gateway: TestClient, wine_model: tuple[str, dict[str, float]], stack: Endpoints, resolution: Resolution
 ) -> None:
@@ -170,11 +189,9 @@ def test_unknown_model_or_alias_is_404(gateway: TestClient, wine_model: tuple[st
 
 
 def test_reload_notice_swaps_version_and_failed_load_keeps_old(
-    gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution
+    gateway: TestClient, v1_served: str, resolution: Resolution
 ) -> None:
-    name, _ = wine_model
-    resolution.move(name, "champion", "1")
-    wait_for_version(gateway, name, "1")
+    name = v1_served
     resolution.move(name, "champion", "2")
     assert wait_for_version(gateway, name, "2") < 5
     # A version that cannot be loaded: the replica keeps serving 2 and reports the failure.
@@ -193,30 +210,18 @@ def test_reload_notice_swaps_version_and_failed_load_keeps_old(
     metrics = gateway.get("/metrics").text
     assert f'flywheel_gateway_reloads_total{{model="{name}",outcome="failed"}}' in metrics
     # Back to a loadable version: converges again.
-    resolution.move(name, "champion", "1")
-    wait_for_version(gateway, name, "1")
+    serve(gateway, resolution, name, "1")
     assert gateway.get(f"/v1/models/{name}").json()["reload_errors"] == {}
 
 
 def test_missed_notice_is_caught_by_reconciliation(
-    gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution
+    gateway: TestClient, v1_served: str, resolution: Resolution
 ) -> None:
-    name, _ = wine_model
-    resolution.move(name, "champion", "1")
-    wait_for_version(gateway, name, "1")
+    name = v1_served
     resolution.move(name, "champion", "2", notify=False)
     assert wait_for_version(gateway, name, "2", timeout_s=10) > 0.0
     info = gateway.get(f"/v1/models/{name}").json()
     assert info["aliases"] == {"champion": "2"} and info["cache"]["loads"] >= 2
-
-
-@pytest.fixture()
-def v2_served(gateway: TestClient, wine_model: tuple[str, dict[str, float]], resolution: Resolution) -> str:
-    """The wine model's name, once the gateway serves version 2 as its champion."""
-    name, _ = wine_model
-    resolution.move(name, "champion", "2")
-    wait_for_version(gateway, name, "2")
-    return name
 
 
 def test_feedback_recorded_on_trace_and_published_once(
@@ -309,11 +314,7 @@ def test_feedback_rejects_unknown_requests_and_bad_fields(gateway: TestClient) -
 
 
 def test_export_dataset_from_traces_prefers_corrections(
-    gateway: TestClient,
-    wine_model: tuple[str, dict[str, float]],
-    stack: Endpoints,
-    resolution: Resolution,
-    tmp_path: Path,
+    gateway: TestClient, v1_served: str, stack: Endpoints, tmp_path: Path
 ) -> None:
     import json as jsonlib
 
@@ -322,9 +323,7 @@ def test_export_dataset_from_traces_prefers_corrections(
 
     from services.cli.main import app
 
-    name, _ = wine_model
-    resolution.move(name, "champion", "1")
-    wait_for_version(gateway, name, "1")
+    name = v1_served
     user = unique("exporter")
     served = [
         gateway.post(f"/v1/models/{name}/predict", json={"inputs": record(i), "user_id": user}).json()

@@ -54,17 +54,6 @@ def settings_for(stack: Endpoints, **overrides: Any) -> RetrainerSettings:
     )
 
 
-@pytest.fixture()
-def weak_champion(stack: Endpoints, stack_env: dict[str, str]) -> tuple[str, str, float]:
-    """A fresh registered model whose v1 (weak: three features) is `champion`."""
-    name = unique("wine_retrain")
-    version, accuracy = register_wine_version(
-        stack.mlflow_tracking_uri, name, "weak", experiment="tests/retrainer"
-    )
-    RegistryAdapter(stack.mlflow_tracking_uri).set_alias(name, "champion", version)
-    return name, version, accuracy
-
-
 def feedback_rows(model: str, count: int, seed: int = 1) -> list[ExampleRow]:
     """Corrections on inputs near training rows (never held-out rows), labelled with the true class."""
     data = wine_data()
@@ -130,6 +119,34 @@ def publish_dataset(
     return run.info.run_id, written.manifest
 
 
+@dataclasses.dataclass(frozen=True)
+class Champion:
+    """A fresh registered model whose v1 (weak: three features) is `champion`, and a test's directory to
+    write its datasets in."""
+
+    uri: str
+    model: str
+    version: str
+    accuracy: float
+    workdir: Path
+
+    def publish(
+        self, count: int, seed: int = 1, *, tamper: Callable[[Path], None] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """`count` corrections (`feedback_rows`) published as a dataset of the model: (run id, manifest)."""
+        rows = feedback_rows(self.model, count, seed)
+        return publish_dataset(self.uri, self.model, rows, self.workdir, tamper=tamper)
+
+
+@pytest.fixture()
+def champion(stack: Endpoints, stack_env: dict[str, str], tmp_path: Path) -> Champion:
+    uri = stack.mlflow_tracking_uri
+    name = unique("wine_retrain")
+    version, accuracy = register_wine_version(uri, name, "weak", experiment="tests/retrainer")
+    RegistryAdapter(uri).set_alias(name, "champion", version)
+    return Champion(uri, name, version, accuracy, tmp_path)
+
+
 def request(model: str, run_id: str, base_version: str | None = "1") -> RetrainingRequested:
     return RetrainingRequested(
         producer="tests",
@@ -156,11 +173,10 @@ def aliases_of(uri: str, model: str) -> dict[str, str]:
 
 
 def test_passing_gates_register_a_better_challenger(
-    stack: Endpoints, weak_champion: tuple[str, str, float], tmp_path: Path
+    stack: Endpoints, champion: Champion, tmp_path: Path
 ) -> None:
-    uri = stack.mlflow_tracking_uri
-    model, v1, weak_accuracy = weak_champion
-    run_id, manifest = publish_dataset(uri, model, feedback_rows(model, 80), tmp_path)
+    uri, model, v1, weak_accuracy = champion.uri, champion.model, champion.version, champion.accuracy
+    run_id, manifest = champion.publish(80)
     handler = RetrainHandler(settings_for(stack))
     event = request(model, run_id)
 
@@ -270,11 +286,10 @@ def _rewrite_consistently(directory: Path) -> None:
 
 @pytest.mark.parametrize("tamper", [_flip_a_label, _rewrite_consistently], ids=["file", "file+manifest"])
 def test_tampered_dataset_is_refused_and_nothing_registered(
-    stack: Endpoints, weak_champion: tuple[str, str, float], tmp_path: Path, tamper: Callable[[Path], None]
+    stack: Endpoints, champion: Champion, tamper: Callable[[Path], None]
 ) -> None:
-    uri = stack.mlflow_tracking_uri
-    model, v1, _ = weak_champion
-    run_id, _ = publish_dataset(uri, model, feedback_rows(model, 30), tmp_path, tamper=tamper)
+    uri, model, v1 = champion.uri, champion.model, champion.version
+    run_id, _ = champion.publish(30, tamper=tamper)
     handler = RetrainHandler(settings_for(stack))
 
     result = asyncio.run(handler.handle_event(request(model, run_id)))
@@ -289,8 +304,8 @@ def test_tampered_dataset_is_refused_and_nothing_registered(
     assert run.data.tags["flywheel.retrainer.rejection"] == "manifest_mismatch"
 
 
-def test_missing_dataset_run_is_refused(stack: Endpoints, weak_champion: tuple[str, str, float]) -> None:
-    model, _, _ = weak_champion
+def test_missing_dataset_run_is_refused(stack: Endpoints, champion: Champion) -> None:
+    model = champion.model
     handler = RetrainHandler(settings_for(stack))
     result = handler.process(request(model, "0" * 32))
     assert result.outcome is Outcome.DATASET_REJECTED and "not_found" in result.message
@@ -299,12 +314,9 @@ def test_missing_dataset_run_is_refused(stack: Endpoints, weak_champion: tuple[s
     assert versions_of(stack.mlflow_tracking_uri, model) == ["1"]
 
 
-def test_failing_accuracy_gate_registers_no_challenger(
-    stack: Endpoints, weak_champion: tuple[str, str, float], tmp_path: Path
-) -> None:
-    uri = stack.mlflow_tracking_uri
-    model, _, _ = weak_champion
-    run_id, _ = publish_dataset(uri, model, feedback_rows(model, 40, seed=2), tmp_path)
+def test_failing_accuracy_gate_registers_no_challenger(stack: Endpoints, champion: Champion) -> None:
+    uri, model = champion.uri, champion.model
+    run_id, _ = champion.publish(40, seed=2)
     handler = RetrainHandler(settings_for(stack, retrainer_min_accuracy=0.99))
 
     result = handler.process(request(model, run_id))
@@ -321,16 +333,13 @@ def test_failing_accuracy_gate_registers_no_challenger(
     assert TAG_VERSION not in run.data.tags
 
 
-def test_bad_rows_fail_the_schema_gate_without_training(
-    stack: Endpoints, weak_champion: tuple[str, str, float], tmp_path: Path
-) -> None:
-    uri = stack.mlflow_tracking_uri
-    model, _, _ = weak_champion
+def test_bad_rows_fail_the_schema_gate_without_training(stack: Endpoints, champion: Champion) -> None:
+    uri, model = champion.uri, champion.model
     rows = feedback_rows(model, 10, seed=3)
     broken = rows[0].inputs
     assert isinstance(broken, dict)
     rows[0] = dataclasses.replace(rows[0], inputs={k: v for k, v in broken.items() if k != "ash"})
-    run_id, _ = publish_dataset(uri, model, rows, tmp_path)
+    run_id, _ = publish_dataset(uri, model, rows, champion.workdir)
     result = RetrainHandler(settings_for(stack)).process(request(model, run_id))
     assert result.outcome is Outcome.GATES_FAILED
     assert result.report is not None and "data_schema" in result.report.failed
@@ -359,11 +368,10 @@ class _Unreachable:
 
 
 def test_repeated_infrastructure_failures_are_recorded_not_dropped(
-    stack: Endpoints, weak_champion: tuple[str, str, float], tmp_path: Path
+    stack: Endpoints, champion: Champion
 ) -> None:
-    uri = stack.mlflow_tracking_uri
-    model, v1, _ = weak_champion
-    run_id, _ = publish_dataset(uri, model, feedback_rows(model, 10, seed=5), tmp_path)
+    uri, model, v1 = champion.uri, champion.model, champion.version
+    run_id, _ = champion.publish(10, seed=5)
     trainer = _Unreachable()
     handler = RetrainHandler(
         settings_for(stack, retrainer_max_attempts=3, retrainer_retry_max_s=0.2),
@@ -394,13 +402,12 @@ def test_repeated_infrastructure_failures_are_recorded_not_dropped(
 
 @pytest.mark.parametrize("crash", ["killed", "interrupted"])
 def test_redelivery_after_a_crash_between_registration_and_outcome_sets_the_alias(
-    stack: Endpoints, weak_champion: tuple[str, str, float], tmp_path: Path, crash: str
+    stack: Endpoints, champion: Champion, crash: str
 ) -> None:
     """The earlier attempt registered v2 (gates passed) and stopped before the alias and the outcome:
     killed (run left RUNNING, no outcome) or failing (it tagged itself interrupted and ended FAILED)."""
-    uri = stack.mlflow_tracking_uri
-    model, v1, _ = weak_champion
-    run_id, _ = publish_dataset(uri, model, feedback_rows(model, 20, seed=6), tmp_path)
+    uri, model, v1 = champion.uri, champion.model, champion.version
+    run_id, _ = champion.publish(20, seed=6)
     handler = RetrainHandler(settings_for(stack))
     event = request(model, run_id)
     first = handler.process(event)
@@ -438,14 +445,11 @@ class Collected:
         self.events.extend(events)
 
 
-async def test_two_instances_handed_the_same_request_train_once(
-    stack: Endpoints, weak_champion: tuple[str, str, float], tmp_path: Path
-) -> None:
+async def test_two_instances_handed_the_same_request_train_once(stack: Endpoints, champion: Champion) -> None:
     """During a rebalance the old and the new owner of a partition can both hold a request: the lease lets
     one train while the other waits, then finds the recorded outcome; one version, two equal answers."""
-    uri = stack.mlflow_tracking_uri
-    model, v1, _ = weak_champion
-    run_id, _ = publish_dataset(uri, model, feedback_rows(model, 20, seed=8), tmp_path)
+    uri, model, v1 = champion.uri, champion.model, champion.version
+    run_id, _ = champion.publish(20, seed=8)
     event = request(model, run_id)
     settings = settings_for(stack, redis_prefix=unique("lease"))
     redis = async_redis(stack.redis_url)
@@ -468,12 +472,9 @@ async def test_two_instances_handed_the_same_request_train_once(
 # --- end to end through Kafka ----------------------------------------------------------------------
 
 
-def test_worker_end_to_end_through_kafka(
-    stack: Endpoints, weak_champion: tuple[str, str, float], tmp_path: Path
-) -> None:
-    uri = stack.mlflow_tracking_uri
-    model, v1, _ = weak_champion
-    run_id, _ = publish_dataset(uri, model, feedback_rows(model, 60, seed=4), tmp_path)
+def test_worker_end_to_end_through_kafka(stack: Endpoints, champion: Champion, tmp_path: Path) -> None:
+    uri, model, v1 = champion.uri, champion.model, champion.version
+    run_id, _ = champion.publish(60, seed=4)
     env = {
         "FLYWHEEL_MODELS": model,
         "FLYWHEEL_RETRAINER_GROUP_ID": unique("retrainer"),

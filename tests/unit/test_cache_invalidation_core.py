@@ -170,6 +170,13 @@ def _newest_per_alias(events: list[AliasChanged]) -> dict[str, dict[str, Resolut
     return expected
 
 
+def _redelivered(events: list[AliasChanged], rng: random.Random, redeliveries: int) -> list[AliasChanged]:
+    """`events` plus `redeliveries` random repeats of them, in a random order (at-least-once delivery)."""
+    delivered = events + [rng.choice(events) for _ in range(redeliveries)]
+    rng.shuffle(delivered)
+    return delivered
+
+
 @settings(max_examples=300, deadline=None)
 @given(steps=st.lists(_step, min_size=1, max_size=40), seed=st.integers(0, 2**32 - 1))
 def test_replay_in_order_or_shuffled_with_duplicates_converges_to_newest_event(
@@ -180,8 +187,7 @@ def test_replay_in_order_or_shuffled_with_duplicates_converges_to_newest_event(
     assert replay(events) == expected
 
     rng = random.Random(seed)
-    noisy = events + [rng.choice(events) for _ in range(rng.randint(0, len(events)))]
-    rng.shuffle(noisy)
+    noisy = _redelivered(events, rng, rng.randint(0, len(events)))
     assert replay(noisy) == expected
     # Replaying everything again on top of the final state changes nothing.
     assert replay(noisy + events) == expected
@@ -195,8 +201,7 @@ def test_each_event_is_applied_at_most_once_and_notices_follow_event_order(
     """Over any delivery order, the Applied decisions of one alias have strictly increasing order keys."""
     events = _history(steps)
     rng = random.Random(seed)
-    delivered = events + [rng.choice(events) for _ in range(len(events))]
-    rng.shuffle(delivered)
+    delivered = _redelivered(events, rng, len(events))
     state: dict[str, dict[str, ResolutionEntry]] = {}
     applied: dict[tuple[str, str], list[tuple[datetime, str]]] = {}
     for event in delivered:

@@ -340,19 +340,7 @@ def test_order_is_corrected_first_then_feedback_time() -> None:
 
 def test_missing_inputs_and_outputs_come_from_the_inference() -> None:
     served = T0 - timedelta(seconds=3)
-    inf = InferenceRecorded(
-        producer="gw",
-        model="m",
-        version="1",
-        request_id="r",
-        replica="x",
-        status="ok",
-        latency_ms=1,
-        inputs={"q": 1},
-        outputs={"a": 2},
-        trace_id="tr-1",
-        occurred_at=served,
-    )
+    inf = inference("r", -3, inputs={"q": 1}, outputs={"a": 2}, trace_id="tr-1")
     event = feedback("r", UP, 0, inputs=None, outputs=None)
     assert build_examples([event]).excluded["missing_inputs"] == 1
     row = build_examples([event], {"r": inf}).rows[0]

@@ -11,6 +11,7 @@ published value), checked to be the dataset the request names, and read back. An
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from events import DatasetFile, RetrainingRequested
+from services.retrainer.domain.examples import REQUIRED_COLUMNS
+from services.retrainer.domain.gates import Measurements
 from services.shared.dataset_manifest import JSON_COLUMNS, MANIFEST, ManifestMismatch, verify_manifest
 from services.shared.jsontext import loads
 
@@ -56,6 +59,17 @@ class Dataset:
     @property
     def label(self) -> str:
         return f"{self.name}-v{self.version}" if self.version is not None else self.name
+
+    def schema_measurements(self, row_problems: Sequence[str], baseline_label: str) -> Measurements:
+        """What the schema check of these rows measured (columns, row count, the problems found parsing
+        them into examples): a trainer's measurements before, and whether or not, it trains."""
+        return Measurements(
+            columns=self.columns,
+            required_columns=REQUIRED_COLUMNS,
+            rows=len(self.rows),
+            row_problems=row_problems,
+            baseline_label=baseline_label,
+        )
 
 
 def _published_sha(tags: dict[str, str], params: dict[str, str]) -> str | None:

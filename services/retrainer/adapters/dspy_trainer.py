@@ -31,8 +31,7 @@ from services.retrainer.adapters.training import (
     evaluated,
     timed_side_by_side,
 )
-from services.retrainer.domain.examples import REQUIRED_COLUMNS, field_examples, outputs_match, split_holdout
-from services.retrainer.domain.gates import Measurements
+from services.retrainer.domain.examples import field_examples, outputs_match, split_holdout
 from services.retrainer.settings import RetrainerSettings
 
 log = logging.getLogger(__name__)
@@ -135,13 +134,7 @@ class DspyTrainer:
 
         parsed = field_examples(dataset.rows, input_fields, output_fields)
         metrics: dict[str, float] = {"dataset_rows": len(dataset.rows), "examples_parsed": len(parsed)}
-        schema = Measurements(
-            columns=dataset.columns,
-            required_columns=REQUIRED_COLUMNS,
-            rows=len(dataset.rows),
-            row_problems=parsed.problems,
-            baseline_label=base.baseline_label,
-        )
+        schema = dataset.schema_measurements(parsed.problems, base.baseline_label)
         if parsed.problems or not dataset.rows:
             return Candidate(None, schema, metrics)
 

@@ -36,8 +36,7 @@ from services.retrainer.adapters.training import (
     timed_calls,
     timed_side_by_side,
 )
-from services.retrainer.domain.examples import REQUIRED_COLUMNS, drop_overlap, tabular_examples
-from services.retrainer.domain.gates import Measurements
+from services.retrainer.domain.examples import drop_overlap, tabular_examples
 from services.retrainer.settings import RetrainerSettings
 
 log = logging.getLogger(__name__)
@@ -100,13 +99,7 @@ class SklearnTrainer:
 
         parsed = tabular_examples(dataset.rows, features, allowed_labels=classes)
         examples, overlap = drop_overlap(parsed, held_x.to_numpy().tolist(), features)
-        schema = Measurements(
-            columns=dataset.columns,
-            required_columns=REQUIRED_COLUMNS,
-            rows=len(dataset.rows),
-            row_problems=parsed.problems,
-            baseline_label=base.baseline_label,
-        )
+        schema = dataset.schema_measurements(parsed.problems, base.baseline_label)
         metrics: dict[str, float] = {
             "dataset_rows": len(dataset.rows),
             "examples_parsed": len(parsed),
