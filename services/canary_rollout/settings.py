@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from services.canary_rollout.domain.policy import DEFAULT_WEIGHTS, RolloutPolicy
+from services.canary_rollout.domain.policy import DEFAULT_WEIGHTS, AnalysisMode, RolloutPolicy, Spending
 from services.shared.fields import (
     consumer_group_field,
     count_field,
@@ -42,7 +42,14 @@ class CanarySettings(FlywheelSettings):
     canary_min_thumbs_up_delta: float = share_field(0.05)
     canary_min_feedback: int = count_field(30)
     canary_alpha: float = probability_field(0.05)
-    canary_max_failed_checks: int = count_field(3)
+    canary_max_failed_checks: int = count_field(3, "Fixed analysis only.")
+    canary_analysis: AnalysisMode = Field(
+        default="sequential", description="sequential (anytime-valid, default) or fixed (per-step checks)."
+    )
+    canary_false_promotion_rate: float = probability_field(0.05)
+    canary_sequential_horizon: int = count_field(4000, "Effective inferences per variant.")
+    canary_sequential_feedback_horizon: int = count_field(3000, "Effective ratings per variant.")
+    canary_spending: Spending = "obrien_fleming"
 
     @field_validator("canary_weights", mode="before")
     @classmethod
@@ -64,4 +71,9 @@ class CanarySettings(FlywheelSettings):
             min_feedback=self.canary_min_feedback,
             alpha=self.canary_alpha,
             max_failed_checks=self.canary_max_failed_checks,
+            analysis=self.canary_analysis,
+            false_promotion_rate=self.canary_false_promotion_rate,
+            sequential_horizon=self.canary_sequential_horizon,
+            sequential_feedback_horizon=self.canary_sequential_feedback_horizon,
+            spending=self.canary_spending,
         )

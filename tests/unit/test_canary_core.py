@@ -45,7 +45,11 @@ FAST = RolloutPolicy(
     min_feedback=20,
     max_failed_checks=3,
     max_latency_samples=1000,
+    sequential_horizon=400,
+    sequential_feedback_horizon=200,
 )
+#: The per-step checks counted by max_failed_checks (FLYWHEEL_CANARY_ANALYSIS=fixed).
+FIXED = FAST.model_copy(update={"analysis": "fixed"})
 Kind = CanaryDecisionKind
 
 
@@ -214,7 +218,7 @@ def test_check_interval_limits_how_often_the_analysis_runs() -> None:
 
 
 def test_bad_challenger_is_rolled_back_after_max_failed_checks_without_leaving_the_first_step() -> None:
-    m = started()
+    m = started(FIXED)
     r = m.rollout
     assert r is not None
     all_weights = [r.weight]
@@ -233,7 +237,7 @@ def test_bad_challenger_is_rolled_back_after_max_failed_checks_without_leaving_t
 
 
 def test_rollback_commands_drop_traffic_then_delete_the_challenger() -> None:
-    m = started()
+    m = started(FIXED)
     r = m.rollout
     assert r is not None
     outcome = Outcome()
@@ -251,7 +255,7 @@ def test_rollback_commands_drop_traffic_then_delete_the_challenger() -> None:
 
 def test_failed_checks_count_over_the_whole_rollout() -> None:
     """A pass in between does not reset the count: the third failure anywhere rolls back."""
-    m = started()
+    m = started(FIXED)
     r = m.rollout
     assert r is not None
     for k in range(1, 3):
@@ -281,7 +285,7 @@ def test_catastrophic_error_rate_rolls_back_immediately_even_below_min_samples()
 
 
 def test_catastrophic_rule_waits_for_its_minimum_sample() -> None:
-    m = started()
+    m = started(FIXED)
     serve(m, "champion", 500, errors=0)
     serve(m, "challenger", FAST.catastrophic_min_samples - 1, errors=FAST.catastrophic_min_samples - 1)
     assert only(m.tick(at(1))).decision is Kind.HOLD
@@ -834,8 +838,11 @@ def test_random_histories_keep_the_invariants(actions: list[tuple[object, ...]])
             if record.decision is Kind.ADVANCE or (
                 record.decision is Kind.PROMOTE and record.actor == "analysis"
             ):
-                assert record.metrics["verdict"] == Verdict.PASS
+                sequential = record.metrics["sequential"]
+                assert not any(test["rejected"] for test in sequential["harm"].values())
                 assert record.metrics["challenger"]["requests"] >= FAST.min_samples_per_variant
+                if record.decision is Kind.PROMOTE:
+                    assert set(sequential["required"]) <= set(sequential["shown"])
         last_step = r.step
         if r.status.terminal:
             assert m.tick(at(t + 10_000)).commands == ()

@@ -31,7 +31,6 @@ from datetime import datetime
 from typing import Any
 
 from events import CanaryDecisionKind, FeedbackRating, FeedbackRecorded, InferenceRecorded
-from services.canary_rollout.domain.analysis import Analysis, Verdict, analyze
 from services.canary_rollout.domain.commands import (
     NOTHING,
     Command,
@@ -42,6 +41,7 @@ from services.canary_rollout.domain.commands import (
     SetWeight,
 )
 from services.canary_rollout.domain.decisions import ANALYSIS_ACTOR, REGISTRY_ACTOR
+from services.canary_rollout.domain.judging import judge
 from services.canary_rollout.domain.policy import RolloutPolicy
 from services.canary_rollout.domain.recording import record_decision
 from services.canary_rollout.domain.state import CanaryState, Role, RolloutState
@@ -196,36 +196,15 @@ class RolloutMachine:
         if (now - current.last_check_at).total_seconds() < policy.check_interval_s:
             return NOTHING
         current.last_check_at = now
-        baseline = "step"
-        champion = current.champion
-        if current.weight >= 100 and current.champion_baseline is not None:
-            baseline, champion = "previous_step", current.champion_baseline
-        analysis = analyze(champion, current.challenger, policy)
-        metrics = {**analysis.metrics(), "baseline": baseline}
-
-        if analysis.verdict is Verdict.CATASTROPHIC:
-            return self._rollback(current, now, analysis.reason, metrics)
-        if analysis.verdict is Verdict.FAIL:
-            current.failed_checks += 1
-            count = f"{current.failed_checks}/{policy.max_failed_checks} failed checks"
-            if current.failed_checks >= policy.max_failed_checks:
-                return self._rollback(current, now, f"{count}: {analysis.reason}", metrics)
-            return self._hold(current, now, f"check failed ({count}): {analysis.reason}", metrics)
-        if analysis.verdict is Verdict.INSUFFICIENT:
-            return self._hold(current, now, analysis.reason, metrics)
-        elapsed = (now - current.step_started_at).total_seconds()
-        if elapsed < policy.step_interval_s:
-            return self._hold(
-                current,
-                now,
-                f"checks pass; step interval not elapsed ({elapsed:.0f} of {policy.step_interval_s:.0f} s)",
-                metrics,
-            )
-        if current.step >= policy.last_step:
-            return self._promote(
-                current, now, ANALYSIS_ACTOR, f"last step passed: {analysis.reason}", metrics
-            )
-        return self._advance(current, now, analysis, metrics)
+        judgement = judge(current, now)
+        reason, metrics = judgement.reason, judgement.metrics
+        if judgement.action == "rollback":
+            return self._rollback(current, now, reason, metrics)
+        if judgement.action == "promote":
+            return self._promote(current, now, ANALYSIS_ACTOR, reason, metrics)
+        if judgement.action == "advance":
+            return self._advance(current, now, reason, metrics)
+        return self._hold(current, now, reason, metrics)
 
     # -- admin ---------------------------------------------------------------------------------------
     def promote(self, actor: str, now: datetime, reason: str | None = None) -> Outcome:
@@ -314,15 +293,13 @@ class RolloutMachine:
             )
         )
 
-    def _advance(
-        self, rollout: RolloutState, now: datetime, analysis: Analysis, metrics: dict[str, Any]
-    ) -> Outcome:
+    def _advance(self, rollout: RolloutState, now: datetime, passed: str, metrics: dict[str, Any]) -> Outcome:
         old_step, old_weight = rollout.step, rollout.weight
         rollout.step += 1
         rollout.weight = rollout.policy.weights[rollout.step]
         rollout.step_started_at = now
         rollout.reset_windows()
-        reason = f"step {old_step} passed ({analysis.reason}); weight {old_weight:g} -> {rollout.weight:g} %"
+        reason = f"step {old_step} passed ({passed}); weight {old_weight:g} -> {rollout.weight:g} %"
         return Outcome(
             (
                 SetWeight(rollout.model, rollout.rollout_id, rollout.weight),

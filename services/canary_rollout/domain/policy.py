@@ -8,13 +8,17 @@ rollout that is already half-way through. New rollouts pick up the new policy.
 from __future__ import annotations
 
 import itertools
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.shared.fields import count_field, positive_field, probability_field, share_field
 
 DEFAULT_WEIGHTS: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0)
+#: How a rollout judges its challenger: `sequential` (anytime-valid, see domain/sequential.py) or `fixed`
+#: (one fixed-sample test per look on the step window; its error rates hold per look only).
+AnalysisMode = Literal["sequential", "fixed"]
+Spending = Literal["obrien_fleming", "pocock"]
 
 
 class RolloutPolicy(BaseModel):
@@ -70,6 +74,28 @@ class RolloutPolicy(BaseModel):
     )
     catastrophic_min_samples: int = count_field(
         20, "Challenger inferences needed before the immediate-rollback rule applies."
+    )
+    analysis: AnalysisMode = Field(
+        default="sequential",
+        description="sequential: rollback and promotion decided by alpha-spending tests over the whole "
+        "rollout, valid under any number of looks; fixed: the per-step checks counted by max_failed_checks.",
+    )
+    false_promotion_rate: float = probability_field(
+        0.05,
+        "Sequential: the chance of promoting a challenger worse by the margin (max_error_rate_delta, "
+        "min_thumbs_up_delta) or more.",
+    )
+    sequential_horizon: int = count_field(
+        4000,
+        "Sequential: effective inferences per variant at which the tests have spent all their alpha; a "
+        "challenger not shown non-inferior by then is rolled back as inconclusive.",
+    )
+    sequential_feedback_horizon: int = count_field(
+        3000, "Sequential: the same horizon for ratings (thumbs-up rate)."
+    )
+    spending: Spending = Field(
+        default="obrien_fleming",
+        description="Alpha-spending function: obrien_fleming (strict early looks) or pocock (even).",
     )
     max_latency_samples: int = count_field(
         5000, "Latency samples kept per variant per step (reservoir sample).", minimum=10

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from services.canary_rollout.domain.decisions import DecisionRecord
 from services.canary_rollout.domain.policy import RolloutPolicy
+from services.canary_rollout.domain.sequential import SequentialLooks
 from services.canary_rollout.domain.status import RolloutStatus
 from services.canary_rollout.domain.window import Counts, VariantWindow
 
@@ -59,6 +60,9 @@ class RolloutState(BaseModel):
     )
     champion_total: Counts = Field(default_factory=Counts)
     challenger_total: Counts = Field(default_factory=Counts)
+    looks: SequentialLooks = Field(
+        default_factory=SequentialLooks, description="What the sequential tests have spent and shown."
+    )
     last_decision: DecisionRecord | None = None
 
     @classmethod

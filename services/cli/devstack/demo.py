@@ -100,6 +100,11 @@ DEMO_CANARY_ENV = {
     # model; the demo judges latency loosely (production defaults: x1.25 and +5 ms).
     "FLYWHEEL_CANARY_MAX_P95_LATENCY_RATIO": "3",
     "FLYWHEEL_CANARY_MAX_P95_LATENCY_DELTA_MS": "100",
+    # The sequential analysis asks for evidence in proportion to its margins: with the demo's few hundred
+    # requests it decides on 150 effective inferences and 60 ratings per variant, within 5 points.
+    "FLYWHEEL_CANARY_SEQUENTIAL_HORIZON": "150",
+    "FLYWHEEL_CANARY_SEQUENTIAL_FEEDBACK_HORIZON": "60",
+    "FLYWHEEL_CANARY_MAX_ERROR_RATE_DELTA": "0.05",
 }
 
 
