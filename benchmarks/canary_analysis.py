@@ -134,8 +134,9 @@ SCENARIOS = {
 
 
 def simulation_policy(analysis: str = "sequential") -> RolloutPolicy:
-    """The default policy with checks every minute and 5-minute steps (5 looks per step)."""
-    return RolloutPolicy(analysis=analysis, check_interval_s=60, step_interval_s=300)
+    """The default policy with checks every minute and 5-minute steps (5 looks per step). No shadow step:
+    it is one fixed comparison before the live steps simulated here."""
+    return RolloutPolicy(analysis=analysis, check_interval_s=60, step_interval_s=300, shadow_samples=0)
 
 
 def main() -> None:

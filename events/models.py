@@ -44,6 +44,8 @@ class CanaryDecisionKind(StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     RESTART = "restart"
+    REVERTED = "reverted"  # after promotion, the watch moved champion back to previous-champion
+    WATCH_PASSED = "watch_passed"  # the watch after a promotion ended without a regression
 
 
 _NAME = Field(min_length=1, max_length=256, description="Registered model name.")
@@ -83,11 +85,18 @@ class InferenceRecorded(Event):
     model: ModelName = _NAME
     version: Version
     alias: str | None = Field(default=None, description="Alias the request resolved through, if any.")
-    variant: Literal["champion", "challenger", "pinned"] = "champion"
+    variant: Literal["champion", "challenger", "pinned", "shadow"] = Field(
+        default="champion",
+        description="shadow: the challenger answered a mirrored champion request off the request path; "
+        "nobody received its answer (not a served prediction).",
+    )
     rollout_id: str | None = None
     request_id: str = Field(min_length=1, max_length=128)
     trace_id: str | None = None
     replica: str = Field(min_length=1, max_length=200)
+    shadow_agrees: bool | None = Field(
+        default=None, description="shadow: whether the challenger's outputs equal the champion's."
+    )
     user_id: str | None = None
     status: Literal["ok", "error"]
     error_type: str | None = None

@@ -32,3 +32,10 @@ TOPIC_OF: dict[type[Event], str] = {
 }
 
 ALL_TOPICS: tuple[str, ...] = tuple(TOPIC_OF.values())
+
+#: The record of what was live when (`services/shared/alias_history.py` reads it): low-volume topics that
+#: Flywheel creates without time or size limit, so the history reaches back to the first alias change.
+HISTORY_TOPICS: tuple[str, ...] = (ALIAS_CHANGED, CANARY_DECISIONS, RETRAINING_FINISHED)
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    topic: {"retention.ms": "-1", "retention.bytes": "-1"} for topic in HISTORY_TOPICS
+}

@@ -144,7 +144,7 @@ class RolloutService:
         for model, machine in list(self.machines.items()):
             if not self.owns(model):
                 continue
-            if machine.active is None and model not in self._dirty:
+            if not machine.busy and model not in self._dirty:
                 continue
             async with self._locks[model]:
                 outcome = machine.tick(now)
@@ -236,4 +236,5 @@ def _view(model: str, machine: RolloutMachine) -> dict[str, Any] | None:
             "challenger": r.challenger_total.rates(),
         },
         "last_decision": r.last_decision.model_dump(mode="json") if r.last_decision else None,
+        "watch": machine.state.watch.view() if machine.state.watch else None,
     }

@@ -50,6 +50,10 @@ class CanarySettings(FlywheelSettings):
     canary_sequential_horizon: int = count_field(4000, "Effective inferences per variant.")
     canary_sequential_feedback_horizon: int = count_field(3000, "Effective ratings per variant.")
     canary_spending: Spending = "obrien_fleming"
+    canary_shadow_samples: int = count_field(200, "Shadow step answers; 0 = no shadow step.", minimum=0)
+    canary_shadow_share: float = Field(default=0.5, gt=0, le=1)
+    canary_min_shadow_agreement: float = share_field(0.5)
+    canary_watch_s: float = positive_field(600.0, "Post-promotion watch; 0 = off.", zero_allowed=True)
 
     @field_validator("canary_weights", mode="before")
     @classmethod
@@ -76,4 +80,8 @@ class CanarySettings(FlywheelSettings):
             sequential_horizon=self.canary_sequential_horizon,
             sequential_feedback_horizon=self.canary_sequential_feedback_horizon,
             spending=self.canary_spending,
+            watch_s=self.canary_watch_s,
+            shadow_samples=self.canary_shadow_samples,
+            shadow_share=self.canary_shadow_share,
+            min_shadow_agreement=self.canary_min_shadow_agreement,
         )

@@ -132,3 +132,17 @@ def bench_gateway(
 
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     _print_json(run_bench(duration, levels, rounds, workdir.resolve()))
+
+
+@bench_app.command("shadow")
+def bench_shadow(
+    duration: float = typer.Option(8.0, min=1.0, help="Seconds per measured round and setting"),
+    concurrency: str = typer.Option("1,4", help="Concurrent keep-alive connections, e.g. 1,4"),
+    rounds: int = typer.Option(2, min=1, help="Alternating rounds per setting and concurrency"),
+    workdir: Path = typer.Option(Path(".flywheel/bench-shadow")),
+) -> None:
+    """Champion p50/p99 with the shadow step mirroring 0 %, 50 % and 100 % of requests, side by side."""
+    from benchmarks.shadow import run as run_bench
+
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    _print_json(run_bench(duration, levels, rounds, workdir.resolve()))

@@ -87,6 +87,28 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         print_status(rows, Console())
 
 
+@app.command()
+def history(
+    model: str = typer.Argument(..., help="Registered model name"),
+    since: str = typer.Option(None, help="RFC 3339 time, or an age such as 2h / 3d (default: all)"),
+    until: str = typer.Option(None, help="RFC 3339 time (default: now)"),
+    holds: bool = typer.Option(False, "--holds/--no-holds", help="Also list the canary's hold decisions"),
+    at: str = typer.Option(None, "--at", help="Only say which version each alias pointed to at this time"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
+) -> None:
+    """What was live when: every alias change (and who made it) and canary decision, from Kafka."""
+    from services.cli.history import history_command
+
+    try:
+        history_command(model, since, until, holds, at, as_json, console)
+    except ValueError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(2) from None
+    except RuntimeError as exc:
+        console.print(f"[red]cannot read the history: {exc}")
+        raise typer.Exit(1) from None
+
+
 @app.command("export-dataset")
 def export_dataset(
     model: str = typer.Option(..., help="Registered model name"),

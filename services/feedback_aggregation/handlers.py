@@ -173,8 +173,9 @@ class FeedbackService(Summaries, Publications):
         items: list[_Item] = []
         for index, message in enumerate(messages):
             event = cast(InferenceRecorded | FeedbackRecorded, message.event)
-            if not self.settings.watches(event.model):
-                outcomes[index] = "skipped"
+            shadow = isinstance(event, InferenceRecorded) and event.variant == "shadow"
+            if shadow or not self.settings.watches(event.model):
+                outcomes[index] = "skipped"  # a shadow answer served nobody: not an inference of the version
                 continue
             buffered = message.topic == FEEDBACK_RECORDED
             key = progress_field(message.topic, message.partition)

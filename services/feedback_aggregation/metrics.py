@@ -7,7 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS = Counter(
     "flywheel_feedback_events_total",
     "Events handled, by topic and outcome (counted, revised, duplicate, late: core.aggregates; "
-    "redelivered: already applied, recognised by offset; skipped: model not watched; undecodable)",
+    "redelivered: already applied, recognised by offset; skipped: model not watched, or a shadow answer; "
+    "undecodable)",
     ["topic", "outcome"],
 )
 BATCH_SECONDS = Histogram(

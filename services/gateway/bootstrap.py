@@ -36,6 +36,7 @@ from services.gateway.entrypoints.reload_listener import ReloadListener
 from services.gateway.feedback import flush_trace_writes
 from services.gateway.reloader import Reloader
 from services.gateway.settings import GatewaySettings
+from services.gateway.shadow import ShadowMirror
 from services.shared import http_json
 from services.shared.http_ops import add_ops_routes
 from services.shared.kafka.admin import check_topics
@@ -106,6 +107,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         feedback=FeedbackService(settings.mlflow_tracking_uri),
         tokens=settings.feedback_tokens(),
         started=asyncio.Event(),
+        shadow=ShadowMirror(settings.shadow_max_in_flight),
     )
 
 

@@ -7,7 +7,9 @@ A prediction goes through four steps, each a function here:
 2. `check_inputs` — the inputs against the model's signature (422 naming the field);
 3. `predict_traced` — the model call inside one MLflow trace (built in process, stored off the request path);
 4. `inference_event` / `served_request` — what is reported (InferenceRecorded, off the request path) and
-   remembered for feedback (the request log).
+   remembered for feedback (the request log);
+5. in a rollout's shadow step, a sample of champion requests is mirrored to the challenger after the
+   answer is built (`shadow.py`).
 Each request reads its model once, so requests in flight finish on the version they started with.
 
 Errors are HTTP statuses (`HTTPException`) as the API documents them. A rating of a prediction:
@@ -36,6 +38,7 @@ from services.gateway.domain.inputs import InputError, ParsedInputs, parse_input
 from services.gateway.domain.model_manager import ModelRef
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.schemas import PredictRequest, PredictResponse
+from services.gateway.shadow import MirroredRequest
 from services.shared.resolution import ResolutionReader
 
 log = logging.getLogger(__name__)
@@ -226,6 +229,12 @@ async def predict(
             },
         )
     gw.request_log.remember(served_request(event))
+    if target.variant == "champion" and (
+        shadow := gw.shadow.challenger_for(gw, name, target.rollout_id, request_id)
+    ):
+        gw.shadow.mirror(
+            gw, MirroredRequest(name, shadow, body, parsed, request_id, target.rollout_id, outputs)
+        )
     token = gw.tokens.issue(request_id, body.user_id, time.time()) if gw.tokens is not None else None
     return PredictResponse(
         outputs=outputs,

@@ -37,3 +37,9 @@ REQUEST_LOG = Counter(
     "Request log entries (written, unavailable = Redis down, poison = could not be serialised)",
     ["outcome"],
 )
+SHADOW = Counter(
+    "flywheel_gateway_shadow_calls_total",
+    "Champion requests mirrored to the challenger in a shadow step, by outcome (agreed, differed, error, "
+    "dropped: the replica's shadow slots were busy)",
+    ["outcome"],
+)

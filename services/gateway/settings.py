@@ -25,6 +25,9 @@ class GatewaySettings(FlywheelSettings):
     reload_retry_initial_s: float = positive_field(0.5)
     reload_retry_max_s: float = positive_field(30.0)
     max_batch_rows: int = count_field(1000, "Rows accepted per predict request.")
+    shadow_max_in_flight: int = count_field(
+        1, "Mirrored challenger calls at once per replica in a shadow step (more requests are not mirrored)."
+    )
     tracing_enabled: bool = Field(default=True, description="One MLflow trace per prediction.")
     trace_experiment: str = Field(default="flywheel/serving", min_length=1)
     inference_events_enabled: bool = True

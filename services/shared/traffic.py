@@ -13,6 +13,10 @@ challenger gets the buckets below `weight * 100`. Consequences:
 - the challenger share converges to the weight (sha256 is uniform over the buckets);
 - a new rollout id reshuffles users, so one unlucky cohort is not the canary for every rollout.
 Weights have a resolution of 0.01 %.
+
+Shadow step: before any live weight, `shadow_share` of the champion's requests (a uniform sample by
+request id) are answered by the champion as usual and mirrored to the challenger after the answer left;
+the challenger's answer is only compared, never returned.
 """
 
 from __future__ import annotations
@@ -51,4 +55,15 @@ class TrafficSplit(BaseModel):
     weight: float = Field(ge=0, le=100, description="Challenger share in percent.")
     champion_version: str | None = None
     challenger_version: str | None = None
+    shadow_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of champion requests mirrored to the challenger, off the request path (shadow).",
+    )
     updated_at: datetime
+
+
+def mirrored(rollout_id: str, request_id: str, share: float) -> bool:
+    """Whether a champion request is mirrored to the challenger: a uniform sample by request id."""
+    return share > 0 and bucket(rollout_id, "shadow:" + request_id) < round(share * BUCKETS)

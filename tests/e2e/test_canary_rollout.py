@@ -48,6 +48,8 @@ POLICY_ENV = {
     # Sequential analysis sized for a test's traffic: evidence from 150 effective inferences, 5 points.
     "FLYWHEEL_CANARY_SEQUENTIAL_HORIZON": "150",
     "FLYWHEEL_CANARY_MAX_ERROR_RATE_DELTA": "0.05",
+    "FLYWHEEL_CANARY_WATCH_S": "40",
+    "FLYWHEEL_CANARY_SHADOW_SAMPLES": "40",
 }
 
 
@@ -176,8 +178,9 @@ def test_good_challenger_is_promoted_step_by_step(
             "promote decision",
         )
     ]
+    kinds = [k for k in kinds if k != "watch_passed"]  # the post-promotion watch may end meanwhile
     assert kinds[0] == "start" and kinds[-1] == "promote", kinds
-    assert kinds.count("advance") == 2, kinds  # 20 -> 50 -> 100, then promote
+    assert kinds.count("advance") == 3, kinds  # shadow -> 20 -> 50 -> 100, then promote
     assert alias(mlflow_client, name, "challenger") is None
     assert alias(mlflow_client, name, "previous-champion") == "1"
     served = {(variant, version) for _, status, variant, version in users.responses if status == 200}
@@ -186,13 +189,102 @@ def test_good_challenger_is_promoted_step_by_step(
     view = pipeline.rollout(name)
     assert view is not None and view["status"] == "promoted"
     assert view["totals"]["challenger"]["requests"] >= 30
+    assert_history_tells_what_was_live_when(pipeline, name)
 
 
-def test_broken_challenger_rolled_back_at_first_step(
+def alias_moves(pipeline: Pipeline, name: str) -> list[tuple[str, str | None, str]]:
+    resp = pipeline.api(f"/v1/models/{name}/history?holds=false")
+    assert resp.status_code == 200, resp.text
+    return [(e["alias"], e["version"], e["actor"]) for e in resp.json()["entries"] if e["kind"] == "alias"]
+
+
+def assert_history_tells_what_was_live_when(pipeline: Pipeline, name: str) -> None:
+    """The history from the topics: who moved each alias, the decisions, and which version answered a
+    request; the CLI reads the same from Kafka with Redis unreachable."""
+    wanted = {
+        ("champion", "1", "user"),  # the test set it through MLflow
+        ("challenger", "2", "user"),
+        ("previous-champion", "1", "canary"),
+        ("champion", "2", "canary"),
+        ("challenger", None, "canary"),
+    }
+    moves = wait_for(
+        lambda: wanted <= set(found := alias_moves(pipeline, name)) and found, 30, "alias history"
+    )
+    assert len(moves) == len(wanted), moves  # each change once, however often it was delivered
+    entries = pipeline.api(f"/v1/models/{name}/history?holds=false").json()["entries"]
+    kinds = [e["decision"] for e in entries if e["kind"] == "decision" and e["decision"] != "watch_passed"]
+    assert kinds[0] == "start" and kinds[-1] == "promote" and "hold" not in kinds, kinds
+    assert pipeline.api(f"/v1/models/{name}/history?since=2026-01-01T00:00:00").status_code == 422
+
+    gateway = pipeline.gateways[0]
+    answer = httpx.post(
+        f"{gateway.url}/v1/models/{name}/predict", json={"inputs": SAMPLES[0], "user_id": "u"}, timeout=10
+    ).json()
+    served = httpx.get(f"{gateway.url}/v1/requests/{answer['request_id']}", timeout=10)
+    assert served.status_code == 200, served.text
+    assert (served.json()["version"], served.json()["model"]) == ("2", name)
+    assert httpx.get(f"{gateway.url}/v1/requests/no-such-request", timeout=10).status_code == 404
+
+    env = pipeline.runner.service_env({"FLYWHEEL_REDIS_URL": "redis://127.0.0.1:1/0"})
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "flywheel"), "history", name, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    from_cli = [
+        (e["alias"], e["version"], e["actor"])
+        for e in json.loads(cli.stdout)["entries"]
+        if e["kind"] == "alias"
+    ]
+    assert from_cli == moves
+
+
+def test_promoted_version_that_degrades_is_reverted_by_the_watch(
+    pipeline: Pipeline,
+    model: Callable[..., str],
+    stack: Endpoints,
+    mlflow_client: MlflowClient,
+    reader: TopicReader,
+    tmp_path: Path,
+) -> None:
+    """v2 is sound in its canary and is promoted; then it starts failing (its flag file appears, as data
+    drift would do): the watch compares it with v1's recorded numbers and moves champion back to v1."""
+    flag = tmp_path / "degrade-now"
+    name = model("weak")
+    register_broken_version(
+        stack.mlflow_tracking_uri, name, experiment="tests/canary", degrade_flag=str(flag)
+    )
+    with challenger_under_traffic(pipeline, mlflow_client, name):
+        wait_for(lambda: alias(mlflow_client, name, "champion") == "2", 120, "promotion of v2")
+        flag.touch()
+        reverted = wait_for(
+            lambda: [d for d in decisions(name, reader) if d.decision.value == "reverted"],
+            60,
+            "reverted decision",
+        )
+        wait_for(lambda: alias(mlflow_client, name, "champion") == "1", 30, "champion back at v1")
+    record = reverted[0]
+    assert record.state == "reverted" and "after promotion" in record.reason, record.reason
+    assert record.metrics["baseline"] == "previous_champion"
+    assert record.metrics["challenger"]["errors"] > 0  # the promoted version's failures since promotion
+    assert alias(mlflow_client, name, "previous-champion") == "2"
+    revert = {("champion", "1", "canary"), ("previous-champion", "2", "canary")}
+    moves = wait_for(
+        lambda: set((found := alias_moves(pipeline, name))[-2:]) == revert and found, 30, "history"
+    )
+    assert ("champion", "2", "canary") in moves[:-2], moves  # the promotion before it
+
+
+def test_broken_challenger_is_stopped_in_the_shadow_step_with_no_failed_user_request(
     pipeline: Pipeline, model: Callable[..., str], mlflow_client: MlflowClient, reader: TopicReader
 ) -> None:
     name = model("strong", "broken")
-    with challenger_under_traffic(pipeline, mlflow_client, name):
+    with challenger_under_traffic(pipeline, mlflow_client, name) as users:
         found = wait_for(
             lambda: [d for d in decisions(name, reader) if d.decision.value == "rollback"],
             120,
@@ -200,8 +292,11 @@ def test_broken_challenger_rolled_back_at_first_step(
         )
     all_decisions = decisions(name, reader)
     assert found[0].metrics, "a rollback carries the metrics it was based on"
-    assert max(d.weight for d in all_decisions if d.decision.value != "rollback") <= 20
+    assert "shadow step" in found[0].reason, found[0].reason
+    # Caught in the shadow step: it never had a live weight, so no user ever got its answer.
+    assert max(d.weight for d in all_decisions) == 0
     assert [d.decision.value for d in all_decisions].count("advance") == 0
+    assert users.responses and all(status == 200 for _, status, _, _ in users.responses)
     wait_for(lambda: alias(mlflow_client, name, "challenger") is None, 30, "challenger alias removed")
     assert alias(mlflow_client, name, "champion") == "1"
 
@@ -217,6 +312,9 @@ def test_admin_actions_need_token_hold_without_samples_and_survive_worker_kill(
     time.sleep(6)
     view = pipeline.rollout(name)
     assert view is not None and view["step"] == 0 and view["status"] == "progressing", view
+    assert view["weight"] == 0  # still in the shadow step: nothing to mirror without traffic
+    with Users(pipeline.gateways, name):  # mirrored answers pass the shadow step: 20 % live
+        wait_for(lambda: (pipeline.rollout(name) or {}).get("weight") == 20, 60, "shadow step passed")
 
     assert pipeline.api(f"/v1/rollouts/{name}/pause", "POST", token=None).status_code == 401
     assert pipeline.api(f"/v1/rollouts/{name}/pause", "POST", token="wrong").status_code == 401

@@ -47,6 +47,7 @@ FAST = RolloutPolicy(
     max_latency_samples=1000,
     sequential_horizon=400,
     sequential_feedback_horizon=200,
+    shadow_samples=0,  # the shadow step has tests of its own (SHADOW)
 )
 #: The per-step checks counted by max_failed_checks (FLYWHEEL_CANARY_ANALYSIS=fixed).
 FIXED = FAST.model_copy(update={"analysis": "fixed"})
@@ -169,11 +170,12 @@ def test_good_challenger_advances_through_every_step_and_is_promoted_with_previo
     assert record.metrics["baseline"] == "previous_step"
     assert record.metrics["champion"]["requests"] == 100
     assert r.status is RolloutStatus.PROMOTED
-    # Ended: time, observations and the alias events the promotion itself causes change nothing.
-    assert m.tick(at(t + 1000)).commands == ()
+    # Ended: the alias events the promotion itself causes change nothing; the watch runs its course.
     assert m.champion_moved(CHAL, at(t + 62)).commands == ()
     assert m.challenger_deleted(at(t + 62)).commands == ()
     assert not m.observe_inference("challenger", CHAL, True, 1.0, at(t + 63))
+    assert only(m.tick(at(t + 1000))).decision is Kind.WATCH_PASSED
+    assert m.tick(at(t + 2000)).commands == () and m.state.watch is None
 
 
 def test_holds_until_the_step_interval_elapsed() -> None:
@@ -846,3 +848,127 @@ def test_random_histories_keep_the_invariants(actions: list[tuple[object, ...]])
         last_step = r.step
         if r.status.terminal:
             assert m.tick(at(t + 10_000)).commands == ()
+
+
+# -- post-promotion watch ------------------------------------------------------------------------------
+WATCHED = FAST.model_copy(update={"watch_s": 300})
+
+
+def promoted_and_watched() -> tuple[RolloutMachine, float]:
+    """A rollout with a recorded champion baseline (1 % errors), promoted by an admin at t=61."""
+    m = started(WATCHED)
+    good_traffic(m, 1)
+    assert only(m.promote("alice", at(61))).decision is Kind.PROMOTE
+    assert m.state.watch is not None and m.state.watch.version == CHAL
+    return m, 61.0
+
+
+def serve_as_champion(m: RolloutMachine, n: int, errors: int, t: float) -> None:
+    for i in range(n):
+        assert m.observe_inference("champion", CHAL, i >= errors, 100.0, at(t))
+
+
+def test_watch_reverts_a_promoted_version_that_regresses_with_the_evidence() -> None:
+    m, t = promoted_and_watched()
+    serve_as_champion(m, 100, 40, t + 5)  # 40 % errors after promotion against 1 % before
+    outcome = m.tick(at(t + 10))
+    assert outcome.commands[:2] == (MoveAlias(MODEL, "champion", CHAMP), KeepPrevious(MODEL, CHAL))
+    record = only(outcome)
+    assert (record.decision, record.state, record.actor) == (
+        Kind.REVERTED,
+        RolloutStatus.REVERTED,
+        "analysis",
+    )
+    assert record.metrics["baseline"] == "previous_champion" and "after promotion" in record.reason
+    assert record.metrics["challenger"]["errors"] == 40  # the promoted version's numbers since promotion
+    assert m.state.watch is None
+    assert m.rollout is not None and m.rollout.status is RolloutStatus.REVERTED
+    assert m.champion_moved(CHAMP, at(t + 11)).commands == ()  # the revert's own echo
+
+
+def test_watch_passes_quietly_and_ignores_traffic_of_other_versions() -> None:
+    m, t = promoted_and_watched()
+    serve_as_champion(m, 100, 1, t + 5)
+    assert not m.observe_inference("champion", CHAMP, False, 1.0, at(t + 6))  # the old version
+    assert not m.observe_inference("challenger", CHAL, False, 1.0, at(t + 6))  # not served as champion
+    assert m.tick(at(t + 10)).commands == ()
+    restored = RolloutMachine.from_json(m.to_json())  # the watch survives a restart
+    assert restored.state.watch == m.state.watch
+    record = only(restored.tick(at(t + 301)))
+    assert record.decision is Kind.WATCH_PASSED and "no regression" in record.reason
+    assert restored.state.watch is None
+
+
+def test_champion_moved_elsewhere_ends_the_watch_and_a_new_rollout_runs_beside_it() -> None:
+    m, t = promoted_and_watched()
+    m.challenger_set("3", CHAL, at(t + 1))  # the next challenger starts while the watch goes on
+    assert m.state.watch is not None and m.active is not None
+    m.champion_moved("7", at(t + 2))  # someone else set champion: nothing left to watch
+    assert m.state.watch is None
+    serve_as_champion(m, 0, 0, t + 3)
+    assert all(d.decision is not Kind.REVERTED for d in m.tick(at(t + 400)).decisions)
+
+
+def test_no_watch_when_it_is_switched_off() -> None:
+    m = started(FAST.model_copy(update={"watch_s": 0}))
+    m.promote("alice", at(1))
+    assert m.state.watch is None
+
+
+# -- shadow step ---------------------------------------------------------------------------------------
+SHADOW = FAST.model_copy(update={"shadow_samples": 40, "shadow_share": 0.5})
+
+
+def mirror(m: RolloutMachine, n: int, *, errors: int = 0, agree: int | None = None, t: float = 1.0) -> None:
+    """`n` champion answers, each mirrored: the first `errors` shadow answers fail, `agree` of them (all by
+    default) equal the champion's."""
+    agree = n if agree is None else agree
+    for i in range(n):
+        assert m.observe_inference("champion", CHAMP, True, 100.0, at(t))
+        assert m.observe_inference("shadow", CHAL, i >= errors, 100.0, at(t), agrees=i < agree)
+
+
+def test_shadow_step_comes_first_mirrors_a_share_and_counts_nothing_as_served() -> None:
+    m = machine(SHADOW)
+    outcome = m.challenger_set(CHAL, CHAMP, at(0))
+    assert outcome.commands[0] == SetWeight(MODEL, m.rollout.rollout_id, 0.0, 0.5)  # type: ignore[union-attr]
+    assert "shadow step" in only(outcome).reason
+    assert not m.observe_inference("challenger", CHAL, True, 1.0, at(1))  # nobody is live on it yet
+    mirror(m, 10)
+    r = m.rollout
+    assert r is not None and r.shadow and r.challenger_total.requests == 0 and r.challenger.compared == 10
+    held = only(m.tick(at(2)))
+    assert held.decision is Kind.HOLD and "10/40 mirrored answers" in held.reason
+
+
+def test_a_sound_challenger_passes_the_shadow_step_and_goes_live_at_the_first_weight() -> None:
+    m = machine(SHADOW)
+    m.challenger_set(CHAL, CHAMP, at(0))
+    mirror(m, 60, agree=54)
+    outcome = m.tick(at(2))
+    record = only(outcome)
+    assert record.decision is Kind.ADVANCE and record.reason.startswith("shadow step passed"), record.reason
+    assert record.metrics["shadow"] == {"compared": 60, "agreement": 0.9}
+    r = m.rollout
+    assert r is not None and not r.shadow and r.weight == SHADOW.weights[0] and r.step == 0
+    assert weights_set(outcome) == [SHADOW.weights[0]]
+    assert r.challenger.requests == 0  # live steps are judged on live traffic only
+    assert m.observe_inference("challenger", CHAL, True, 1.0, at(3))
+    assert not m.observe_inference("shadow", CHAL, True, 1.0, at(3))
+
+
+@pytest.mark.parametrize(
+    ("errors", "agree", "why"),
+    [(30, None, "catastrophic"), (0, 10, "agrees with the champion on 17%")],
+)
+def test_a_challenger_that_fails_the_shadow_step_never_gets_live_traffic(
+    errors: int, agree: int | None, why: str
+) -> None:
+    m = machine(SHADOW)
+    m.challenger_set(CHAL, CHAMP, at(0))
+    mirror(m, 60, errors=errors, agree=agree)
+    outcome = m.tick(at(2))
+    record = only(outcome)
+    assert record.decision is Kind.ROLLBACK and "shadow step" in record.reason and why in record.reason
+    assert record.weight == 0 and weights_set(outcome) == [0.0]
+    assert DeleteAlias(MODEL, "challenger") in outcome.commands

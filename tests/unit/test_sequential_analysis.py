@@ -76,6 +76,7 @@ SMALL = RolloutPolicy(
     min_samples_per_variant=50,
     sequential_horizon=400,
     sequential_feedback_horizon=200,
+    shadow_samples=0,
 )
 
 

@@ -56,6 +56,7 @@ class CommandExecutor:
                     command.weight,
                     rollout.champion_version if rollout else None,
                     rollout.challenger_version if rollout else None,
+                    command.shadow_share,
                 )
             elif isinstance(command, KeepPrevious):
                 await asyncio.to_thread(

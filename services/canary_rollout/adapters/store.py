@@ -38,7 +38,13 @@ class RolloutStore:
         return cast(set[str], await self.redis.smembers(self.keys.rollout_models()))
 
     async def set_split(
-        self, model: str, rollout_id: str, weight: float, champion: str | None, challenger: str | None
+        self,
+        model: str,
+        rollout_id: str,
+        weight: float,
+        champion: str | None,
+        challenger: str | None,
+        shadow_share: float = 0.0,
     ) -> None:
         split = TrafficSplit(
             model=model,
@@ -46,6 +52,7 @@ class RolloutStore:
             weight=weight,
             champion_version=champion,
             challenger_version=challenger,
+            shadow_share=shadow_share,
             updated_at=datetime.now(UTC),
         )
         await self.redis.set(self.keys.traffic_split(model), split.model_dump_json())

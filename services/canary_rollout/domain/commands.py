@@ -31,6 +31,7 @@ class SetWeight:
     model: str
     rollout_id: str
     weight: float
+    shadow_share: float = 0.0  # the shadow step: weight 0, this share of champion requests mirrored
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ The machine calls `judge` at most once per `check_interval_s`; it only acts on t
   ROLLBACK; the step needs `min_samples_per_variant` and its interval before it advances; after the last
   step, PROMOTE only once non-inferiority is shown for every compared rate, ROLLBACK when that can no
   longer be shown (alpha spent: inconclusive), HOLD otherwise.
+- **shadow step** (first, when `shadow_samples` > 0): the catastrophic rule, then one comparison of the
+  mirrored answers once there are `shadow_samples` of them (`_shadow`).
 - **fixed**: one fixed-sample test per look on the step window (`analysis.py`); a failed check counts, and
   `max_failed_checks` of them roll back. Its error rates hold per look, not per rollout.
 """
@@ -22,7 +24,7 @@ from services.canary_rollout.domain.analysis import Analysis, Verdict, analyze
 from services.canary_rollout.domain.sequential import SequentialAnalysis
 from services.canary_rollout.domain.state import RolloutState
 
-Action = Literal["hold", "advance", "promote", "rollback"]
+Action = Literal["hold", "advance", "promote", "rollback", "go_live"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,32 @@ def judge(rollout: RolloutState, now: datetime) -> Judgement:
     analysis = analyze(champion, rollout.challenger, policy)
     metrics: dict[str, Any] = {**analysis.metrics(), "baseline": baseline}
     if analysis.verdict is Verdict.CATASTROPHIC:
-        return Judgement("rollback", analysis.reason, metrics, analysis)
+        reason = f"failed the shadow step: {analysis.reason}" if rollout.shadow else analysis.reason
+        return Judgement("rollback", reason, metrics, analysis)
+    if rollout.shadow:
+        return _shadow(rollout, analysis, metrics)
     if policy.analysis == "sequential":
         return _sequential(rollout, now, analysis, champion, metrics)
     return _fixed(rollout, now, analysis, metrics)
+
+
+def _shadow(rollout: RolloutState, analysis: Analysis, metrics: dict[str, Any]) -> Judgement:
+    """The shadow step: once `shadow_samples` mirrored answers are in, one comparison (errors, latency,
+    agreement with the champion's outputs) decides: go live, or roll back before any user saw it."""
+    policy, challenger = rollout.policy, rollout.challenger
+    agreement = challenger.agreement
+    metrics = {**metrics, "shadow": {"compared": challenger.compared, "agreement": agreement}}
+    if challenger.requests < policy.shadow_samples:
+        reason = f"shadow step: {challenger.requests}/{policy.shadow_samples} mirrored answers"
+        return Judgement("hold", reason, metrics, analysis)
+    problems = [f"{c.name} worse: {c.detail}" for c in analysis.failed if c.name != "thumbs_up"]
+    if agreement is not None and agreement < policy.min_shadow_agreement:
+        problems.append(f"agrees with the champion on {agreement:.0%} (< {policy.min_shadow_agreement:.0%})")
+    if problems:
+        return Judgement("rollback", "failed the shadow step: " + "; ".join(problems), metrics, analysis)
+    agreed = f"agreement {agreement:.0%}, " if agreement is not None else ""
+    reason = f"{challenger.requests} mirrored answers, {agreed}error rate {challenger.error_rate or 0:.2%}"
+    return Judgement("go_live", reason, metrics, analysis)
 
 
 def _fixed(rollout: RolloutState, now: datetime, analysis: Analysis, metrics: dict[str, Any]) -> Judgement:

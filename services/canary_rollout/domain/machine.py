@@ -30,7 +30,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from events import CanaryDecisionKind, FeedbackRating, FeedbackRecorded, InferenceRecorded
+from events import CanaryDecisionKind
 from services.canary_rollout.domain.commands import (
     NOTHING,
     Command,
@@ -42,10 +42,12 @@ from services.canary_rollout.domain.commands import (
 )
 from services.canary_rollout.domain.decisions import ANALYSIS_ACTOR, REGISTRY_ACTOR
 from services.canary_rollout.domain.judging import judge
+from services.canary_rollout.domain.observing import ObservingMixin, aware
 from services.canary_rollout.domain.policy import RolloutPolicy
 from services.canary_rollout.domain.recording import record_decision
-from services.canary_rollout.domain.state import CanaryState, Role, RolloutState
+from services.canary_rollout.domain.state import CanaryState, RolloutState, WatchState
 from services.canary_rollout.domain.status import RolloutStatus
+from services.canary_rollout.domain.watch import check_watch
 
 Kind = CanaryDecisionKind
 Status = RolloutStatus
@@ -55,13 +57,7 @@ class InvalidTransition(ValueError):
     """An admin action that makes no sense in the rollout's current state (HTTP 409 in the API)."""
 
 
-def _aware(when: datetime) -> datetime:
-    if when.tzinfo is None:
-        raise ValueError("timestamps must carry a timezone")
-    return when
-
-
-class RolloutMachine:
+class RolloutMachine(ObservingMixin):
     """The canary rollout of one registered model. Mutates `state`; persist `to_json()` after each call."""
 
     def __init__(self, model: str, policy: RolloutPolicy | None = None, state: CanaryState | None = None):
@@ -81,23 +77,14 @@ class RolloutMachine:
         return cls(state.model, policy, state)
 
     @property
-    def model(self) -> str:
-        return self.state.model
-
-    @property
     def rollout(self) -> RolloutState | None:
         """The current or most recent rollout (possibly ended)."""
         return self.state.rollout
 
-    @property
-    def active(self) -> RolloutState | None:
-        rollout = self.state.rollout
-        return rollout if rollout is not None and rollout.active else None
-
     # -- registry events -----------------------------------------------------------------------------
     def challenger_set(self, version: str, champion_version: str | None, now: datetime) -> Outcome:
         """The challenger alias now points at `version`; `champion_version` is the champion at that time."""
-        _aware(now)
+        aware(now)
         current = self.active
         if current is not None and current.challenger_version == version:
             if champion_version != current.champion_version:
@@ -114,7 +101,7 @@ class RolloutMachine:
 
     def challenger_deleted(self, now: datetime) -> Outcome:
         """The challenger alias was removed outside the rollout: abort."""
-        _aware(now)
+        aware(now)
         current = self.active
         if current is None:
             return NOTHING
@@ -123,7 +110,9 @@ class RolloutMachine:
 
     def champion_moved(self, version: str | None, now: datetime) -> Outcome:
         """The champion alias now points at `version` (None: deleted)."""
-        _aware(now)
+        aware(now)
+        if self.state.watch is not None and version != self.state.watch.version:
+            self.state.watch = None  # someone moved champion: the alias is the truth, nothing to watch
         current = self.active
         if current is None or version == current.champion_version:
             return NOTHING
@@ -147,48 +136,29 @@ class RolloutMachine:
         ended = self._end(current, Status.ABORTED, Kind.RESTART, now, f"champion moved to version {version}")
         return ended + self._begin(current.challenger_version, version, now)
 
-    # -- observations --------------------------------------------------------------------------------
-    def observe_inference(
-        self, variant: str, version: str, ok: bool, latency_ms: float, at: datetime
-    ) -> bool:
-        """Count one served prediction; False when it does not belong to the running comparison."""
-        found = self._observed(variant, version, at)
-        if found is None:
-            return False
-        rollout, role, in_step = found
-        rollout.total(role).add_inference(ok)
-        if in_step:
-            rollout.window(role).add_inference(ok, latency_ms, capacity=rollout.policy.max_latency_samples)
-        return True
-
-    def observe_feedback(self, variant: str | None, version: str, thumbs_up: bool, at: datetime) -> bool:
-        """Count one rating; `variant` None means "classify by version"."""
-        found = self._observed(variant, version, at)
-        if found is None:
-            return False
-        rollout, role, in_step = found
-        rollout.total(role).add_feedback(thumbs_up)
-        if in_step:
-            rollout.window(role).add_feedback(thumbs_up)
-        return True
-
-    def observe_inference_event(self, event: InferenceRecorded) -> bool:
-        if not self._event_matches(event.model, event.rollout_id):
-            return False
-        return self.observe_inference(
-            event.variant, event.version, event.status == "ok", event.latency_ms, event.occurred_at
-        )
-
-    def observe_feedback_event(self, event: FeedbackRecorded) -> bool:
-        if not self._event_matches(event.model, event.rollout_id):
-            return False
-        thumbs_up = event.rating is FeedbackRating.THUMBS_UP
-        return self.observe_feedback(event.variant, event.version, thumbs_up, event.occurred_at)
+    @property
+    def busy(self) -> bool:
+        """A rollout runs or a promotion is watched: time matters to this machine."""
+        return self.active is not None or self.state.watch is not None
 
     # -- time ----------------------------------------------------------------------------------------
     def tick(self, now: datetime) -> Outcome:
-        """Time passed: run a check if one is due and act on its verdict."""
-        _aware(now)
+        """Time passed: run the checks that are due (the watch's, the rollout's) and act on their verdicts."""
+        aware(now)
+        watched = NOTHING
+        if self.state.watch is not None:
+            watch = self.state.watch
+            watched, ended = check_watch(watch, now)
+            if ended:
+                self.state.watch = None
+                if (
+                    self.state.rollout is not None
+                    and self.state.rollout.rollout_id == watch.rollout.rollout_id
+                ):
+                    self.state.rollout = watch.rollout  # its last decisions (reverted, watch_passed)
+        return watched + self._check_rollout(now)
+
+    def _check_rollout(self, now: datetime) -> Outcome:
         current = self.active
         if current is None or current.status is not Status.PROGRESSING:
             return NOTHING
@@ -202,25 +172,25 @@ class RolloutMachine:
             return self._rollback(current, now, reason, metrics)
         if judgement.action == "promote":
             return self._promote(current, now, ANALYSIS_ACTOR, reason, metrics)
-        if judgement.action == "advance":
+        if judgement.action in ("advance", "go_live"):
             return self._advance(current, now, reason, metrics)
         return self._hold(current, now, reason, metrics)
 
     # -- admin ---------------------------------------------------------------------------------------
     def promote(self, actor: str, now: datetime, reason: str | None = None) -> Outcome:
         current = self._require_active("promote")
-        _aware(now)
+        aware(now)
         return self._promote(current, now, actor, reason or f"promoted by {actor}")
 
     def abort(self, actor: str, now: datetime, reason: str | None = None) -> Outcome:
         current = self._require_active("abort")
-        _aware(now)
+        aware(now)
         reason = reason or f"aborted by {actor}"
         return self._end(current, Status.ABORTED, Kind.ABORT, now, reason, actor, delete_challenger=True)
 
     def pause(self, actor: str, now: datetime, reason: str | None = None) -> Outcome:
         current = self._require_active("pause")
-        _aware(now)
+        aware(now)
         if current.status is Status.PAUSED:
             raise InvalidTransition("rollout is already paused")
         current.paused_from = current.status
@@ -229,7 +199,7 @@ class RolloutMachine:
 
     def resume(self, actor: str, now: datetime, reason: str | None = None) -> Outcome:
         current = self._require_active("resume")
-        _aware(now)
+        aware(now)
         if current.status is not Status.PAUSED or current.paused_from is None:
             raise InvalidTransition(f"rollout is {current.status.value}, not paused")
         current.status, current.paused_from = current.paused_from, None
@@ -247,27 +217,6 @@ class RolloutMachine:
             raise InvalidTransition(f"cannot {action}: no active rollout for model {self.model!r}")
         return current
 
-    def _event_matches(self, model: str, rollout_id: str | None) -> bool:
-        current = self.active
-        if model != self.model or current is None:
-            return False
-        return rollout_id is None or rollout_id == current.rollout_id
-
-    def _observed(
-        self, variant: str | None, version: str, at: datetime
-    ) -> tuple[RolloutState, Role, bool] | None:
-        current = self.active
-        if current is None or current.weight <= 0 or _aware(at) < current.started_at:
-            return None
-        role: Role
-        if version == current.champion_version and variant in (None, "champion"):
-            role = "champion"
-        elif version == current.challenger_version and variant in (None, "challenger"):
-            role = "challenger"
-        else:
-            return None
-        return current, role, at >= current.step_started_at
-
     def _begin(self, version: str, champion_version: str | None, now: datetime) -> Outcome:
         rollout = RolloutState.create(self.model, version, champion_version, self.policy, now)
         self.state.rollout = rollout
@@ -282,24 +231,40 @@ class RolloutMachine:
         return self._start(rollout, now, f"challenger {version} against champion {champion_version}")
 
     def _start(self, rollout: RolloutState, now: datetime, reason: str) -> Outcome:
+        """Start at the first weight, or first in the shadow step (weight 0, a share of champion requests
+        mirrored to the challenger) when the policy asks for one."""
+        policy = rollout.policy
         rollout.status = Status.PROGRESSING
         rollout.step = 0
-        rollout.weight = rollout.policy.weights[0]
+        rollout.shadow = policy.shadow_samples > 0
+        rollout.weight = 0.0 if rollout.shadow else policy.weights[0]
         rollout.started_at = rollout.step_started_at = rollout.last_check_at = now
+        share = policy.shadow_share if rollout.shadow else 0.0
+        if rollout.shadow:
+            reason += (
+                f"; shadow step: {share:.0%} of champion requests mirrored to the challenger until "
+                f"{policy.shadow_samples} answers are compared"
+            )
         return Outcome(
             (
-                SetWeight(rollout.model, rollout.rollout_id, rollout.weight),
+                SetWeight(rollout.model, rollout.rollout_id, rollout.weight, share),
                 record_decision(rollout, Kind.START, now, reason, REGISTRY_ACTOR),
             )
         )
 
     def _advance(self, rollout: RolloutState, now: datetime, passed: str, metrics: dict[str, Any]) -> Outcome:
+        """To the next weight; out of the shadow step, to the first (live traffic judged on its own)."""
         old_step, old_weight = rollout.step, rollout.weight
-        rollout.step += 1
+        if rollout.shadow:
+            rollout.shadow = False
+            passed = f"shadow step passed ({passed})"
+        else:
+            rollout.step += 1
+            passed = f"step {old_step} passed ({passed})"
         rollout.weight = rollout.policy.weights[rollout.step]
         rollout.step_started_at = now
         rollout.reset_windows()
-        reason = f"step {old_step} passed ({passed}); weight {old_weight:g} -> {rollout.weight:g} %"
+        reason = f"{passed}; weight {old_weight:g} -> {rollout.weight:g} %"
         return Outcome(
             (
                 SetWeight(rollout.model, rollout.rollout_id, rollout.weight),
@@ -345,7 +310,10 @@ class RolloutMachine:
             DeleteAlias(rollout.model, "challenger"),
         ]
         self._finish(rollout, Status.PROMOTED, now, weight=100.0)
-        return Outcome((*commands, record_decision(rollout, Kind.PROMOTE, now, reason, actor, metrics)))
+        record = record_decision(rollout, Kind.PROMOTE, now, reason, actor, metrics)
+        if rollout.policy.watch_s > 0 and rollout.champion_version is not None:
+            self.state.watch = WatchState.begin(rollout, now)
+        return Outcome((*commands, record))
 
     def _end(
         self,

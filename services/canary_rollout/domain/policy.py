@@ -97,6 +97,24 @@ class RolloutPolicy(BaseModel):
         default="obrien_fleming",
         description="Alpha-spending function: obrien_fleming (strict early looks) or pocock (even).",
     )
+    shadow_samples: int = count_field(
+        200,
+        "Shadow step before any live weight: mirrored challenger answers needed to judge it (0: no shadow "
+        "step). A challenger that fails it never answers a user.",
+        minimum=0,
+    )
+    shadow_share: float = Field(
+        default=0.5, gt=0, le=1, description="Share of champion requests mirrored during the shadow step."
+    )
+    min_shadow_agreement: float = share_field(
+        0.5, "Shadow step: the least share of mirrored requests the challenger answers as the champion."
+    )
+    watch_s: float = positive_field(
+        600.0,
+        "After a promotion, how long the new champion is compared with the previous one (0: no watch); "
+        "a regression moves champion back.",
+        zero_allowed=True,
+    )
     max_latency_samples: int = count_field(
         5000, "Latency samples kept per variant per step (reservoir sample).", minimum=10
     )

@@ -8,8 +8,8 @@ timestamps, failed-check count, the metric windows and the policy snapshot the r
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -44,6 +44,7 @@ class RolloutState(BaseModel):
     paused_from: RolloutStatus | None = Field(default=None, description="Status to resume to.")
     step: int = Field(default=0, ge=0)
     weight: float = Field(default=0.0, ge=0, le=100, description="Current challenger share in percent.")
+    shadow: bool = Field(default=False, description="In the shadow step: mirrored requests only, weight 0.")
     started_at: datetime
     step_started_at: datetime
     last_check_at: datetime
@@ -106,9 +107,68 @@ class RolloutState(BaseModel):
         self.challenger = VariantWindow(seed=window_seed(self.rollout_id, "challenger", self.step))
 
 
+class WatchState(BaseModel):
+    """A promoted rollout under watch: its record, the baseline and what the new champion did since."""
+
+    rollout: RolloutState
+    started_at: datetime
+    until: datetime
+    last_check_at: datetime
+    baseline: VariantWindow = Field(description="The previous champion as the rollout recorded it.")
+    current: VariantWindow = Field(description="The promoted version, served as champion, since promotion.")
+    looks: SequentialLooks = Field(default_factory=SequentialLooks)
+
+    @classmethod
+    def begin(cls, rollout: RolloutState, now: datetime) -> WatchState:
+        latencies = rollout.champion.latencies_ms or (
+            rollout.champion_baseline.latencies_ms if rollout.champion_baseline else []
+        )
+        baseline = VariantWindow(**rollout.champion_total.model_dump(), latencies_ms=list(latencies))
+        return cls(
+            rollout=rollout.model_copy(deep=True),
+            started_at=now,
+            until=now + timedelta(seconds=rollout.policy.watch_s),
+            last_check_at=now,
+            baseline=baseline,
+            current=VariantWindow(seed=f"{rollout.rollout_id}:watch"),
+        )
+
+    @property
+    def version(self) -> str:
+        return self.rollout.challenger_version
+
+    def observe_inference(
+        self, variant: str, version: str, ok: bool, latency_ms: float, at: datetime
+    ) -> bool:
+        if not self._counts(variant, version, at):
+            return False
+        self.current.add_inference(ok, latency_ms, capacity=self.rollout.policy.max_latency_samples)
+        return True
+
+    def observe_feedback(self, variant: str | None, version: str, thumbs_up: bool, at: datetime) -> bool:
+        if not self._counts(variant, version, at):
+            return False
+        self.current.add_feedback(thumbs_up)
+        return True
+
+    def _counts(self, variant: str | None, version: str, at: datetime) -> bool:
+        in_window = self.started_at <= at <= self.until
+        return version == self.version and variant in (None, "champion") and in_window
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "previous_version": self.rollout.champion_version,
+            "until": self.until.isoformat(),
+            "baseline": self.baseline.rates(),
+            "current": self.current.rates(),
+        }
+
+
 class CanaryState(BaseModel):
     """Everything persisted per model: the current (or most recent, possibly ended) rollout."""
 
     schema_version: Literal[1] = 1
     model: str
     rollout: RolloutState | None = None
+    watch: WatchState | None = Field(default=None, description="The last promotion, while it is watched.")

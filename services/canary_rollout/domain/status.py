@@ -4,6 +4,7 @@ pending --(champion known)--> progressing(step 0..n) --(last step passes)--> pro
    |                              |  \--(failed checks / catastrophic)----> rolled_back
    |                              \----(challenger deleted, admin abort)--> aborted
    \--pause--> paused --resume--> (back to where it was)
+promoted --(regression while watched, domain/watch.py)--> reverted
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ class RolloutStatus(StrEnum):
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
     ABORTED = "aborted"
+    REVERTED = "reverted"  # promoted, then moved back by the post-promotion watch
 
     @property
     def terminal(self) -> bool:
-        return self in (RolloutStatus.PROMOTED, RolloutStatus.ROLLED_BACK, RolloutStatus.ABORTED)
+        return self in (
+            RolloutStatus.PROMOTED,
+            RolloutStatus.ROLLED_BACK,
+            RolloutStatus.ABORTED,
+            RolloutStatus.REVERTED,
+        )

@@ -65,6 +65,12 @@ class VariantWindow(Counts):
     latencies_ms: list[float] = Field(default_factory=list)
     latencies_seen: int = 0
     seed: str = ""
+    compared: int = Field(default=0, description="Shadow answers compared with the champion's.")
+    agreed: int = Field(default=0, description="... of which equal to the champion's.")
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
 
     def add_inference(self, ok: bool, latency_ms: float = 0.0, *, capacity: int = 5000) -> None:
         super().add_inference(ok)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from services.canary_rollout.domain import InvalidTransition
 from services.canary_rollout.handlers import ADMIN_ACTIONS, RolloutService
 from services.shared import http_json
+from services.shared.history_api import history_router
 from services.shared.http_ops import add_ops_routes
 from services.shared.identifiers import ModelName
 
@@ -105,6 +106,8 @@ def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True
         return {"decisions": decisions, "rollout": await service.view_of(model)}
 
     app.include_router(admin)
+    settings = service.settings
+    app.include_router(history_router(settings.kafka_bootstrap_servers, settings.kafka_profile))
 
     @app.get("/rollouts", response_class=HTMLResponse, tags=["canary"])
     async def dashboard() -> HTMLResponse:

@@ -4,10 +4,16 @@ Act 1, hot reload: two real sklearn versions of a wine classifier are registered
 gateway replicas; a client keeps sending held-out samples to both replicas while `champion` moves to v2
 in MLflow. Printed: requests sent, failed (must be 0), when each replica began serving v2, and the live
 accuracy each version achieved on the traffic it served. Exit status 0 only if all of that holds.
+
+Act 2, canary: v2 passes its shadow step, is rolled out step by step and promoted; a broken v3 is
+stopped in its shadow step (mirrored requests only: no user ever gets its answer);
+a v4 that is sound in its canary is promoted, then degrades (drift), and the post-promotion watch moves
+champion back. Act 3, the feedback loop: feedback becomes a dataset, a retraining, the next challenger.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +111,8 @@ DEMO_CANARY_ENV = {
     "FLYWHEEL_CANARY_SEQUENTIAL_HORIZON": "150",
     "FLYWHEEL_CANARY_SEQUENTIAL_FEEDBACK_HORIZON": "60",
     "FLYWHEEL_CANARY_MAX_ERROR_RATE_DELTA": "0.05",
+    "FLYWHEEL_CANARY_WATCH_S": "30",
+    "FLYWHEEL_CANARY_SHADOW_SAMPLES": "40",
 }
 
 
@@ -200,14 +208,56 @@ def act_canary(runner: StackRunner, tracking_uri: str, model: str, replicas: lis
     )
     failed_v3 = len(traffic.traffic.errors)
     console.print(
-        f"  requests that hit the broken v{v3}: {failed_v3} failed; highest challenger weight {max_weight}%"
+        f"  user requests that failed while v{v3} was challenger: {failed_v3}; "
+        f"highest challenger weight {max_weight}%"
     )
+    stopped = rolled_back and max_weight == 0 and failed_v3 == 0
     console.print(
-        "[green]v3 rolled back at its first step"
-        if rolled_back and max_weight <= 5
-        else f"[red]v3 not rolled back at the first step: {view and view['status']}"
+        f"[green]v{v3} stopped in the shadow step: it never answered a user"
+        if stopped
+        else f"[red]v{v3} not stopped in the shadow step: {view and view['status']}"
     )
-    return promoted and rolled_back and max_weight <= 5
+    ok = promoted and stopped
+    return ok and act_watch(client, canary, replicas, tracking_uri, model, previous="2")
+
+
+def act_watch(
+    client: MlflowClient,
+    canary: RunningService,
+    replicas: list[RunningService],
+    tracking_uri: str,
+    model: str,
+    previous: str,
+) -> bool:
+    """A version sound in its canary degrades after promotion; the post-promotion watch reverts it."""
+    flag = Path(tempfile.mkdtemp(prefix="flywheel-demo-")) / "degrade-now"
+    version, _ = register_broken_version(tracking_uri, model, degrade_flag=str(flag))
+    console.print(f"registered v{version}: sound now, fails on alcohol > 13 once {flag.name} exists (drift)")
+    view, _ = _run_rollout(client, canary, replicas, model, version)
+    if not (view and view["status"] == "promoted" and _alias_becomes(client, model, "champion", version)):
+        console.print(f"[red]v{version} not promoted: {view and view['status']}")
+        return False
+    console.print(f"[green]v{version} promoted[/]; now its inputs drift. Watched against v{previous}:")
+    traffic = TrafficClient(replicas, model, users=True)
+    traffic.start()
+    flag.touch()
+    started, reverted = time.time(), None
+    try:
+        while reverted is None and time.time() - started < 90:
+            decisions = (_rollout(canary, model) or {}).get("decisions", [])
+            reverted = next((d for d in decisions if d["decision"] == "reverted"), None)
+            time.sleep(0.5)
+    finally:
+        traffic.stop()
+    back = reverted is not None and _alias_becomes(client, model, "champion", previous)
+    if reverted is not None:
+        console.print(f"  t+{time.time() - started:5.1f}s  reverted  {reverted['reason']}")
+    console.print(
+        f"[green]v{version} reverted by the watch: champion is v{previous} again"
+        if back
+        else f"[red]v{version} not reverted"
+    )
+    return back
 
 
 def held_out_accuracy(tracking_uri: str, model: str, version: str) -> float:

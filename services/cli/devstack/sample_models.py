@@ -81,10 +81,13 @@ def register_wine_version(
 
 
 class FlakyWineModel(PythonModel):
-    """A deliberately broken version: fails on every sample whose alcohol exceeds `threshold`."""
+    """A deliberately broken version: fails on every sample whose alcohol exceeds `threshold` - always, or
+    with `degrade_flag` only once that file exists (a version that is fine in its canary and degrades
+    after promotion, as data drift would make it)."""
 
-    def __init__(self, threshold: float = 13.0) -> None:
+    def __init__(self, threshold: float = 13.0, degrade_flag: str | None = None) -> None:
         self.threshold = threshold
+        self.degrade_flag = degrade_flag
 
     def load_context(self, context: Any) -> None:
         import joblib
@@ -92,15 +95,19 @@ class FlakyWineModel(PythonModel):
         self.model = joblib.load(context.artifacts["model"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
-        if (model_input["alcohol"] > self.threshold).any():
+        import os
+
+        degraded = self.degrade_flag is None or os.path.exists(self.degrade_flag)
+        if degraded and (model_input["alcohol"] > self.threshold).any():
             raise ValueError(f"broken model: alcohol above {self.threshold}")
         return self.model.predict(model_input)
 
 
 def register_broken_version(
-    tracking_uri: str, model_name: str, *, experiment: str = "flywheel/demo"
+    tracking_uri: str, model_name: str, *, experiment: str = "flywheel/demo", degrade_flag: str | None = None
 ) -> tuple[str, float]:
-    """A version that raises on roughly half of the inputs (for rollback demos and tests)."""
+    """A version that raises on roughly half of the inputs (for rollback demos and tests); with
+    `degrade_flag`, only once that file exists."""
     import tempfile
     from pathlib import Path
 
@@ -118,7 +125,7 @@ def register_broken_version(
         joblib.dump(model, path)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=FlakyWineModel(),
+            python_model=FlakyWineModel(degrade_flag=degrade_flag),
             artifacts={"model": str(path)},
             input_example=data.train_x.head(3),
             registered_model_name=model_name,

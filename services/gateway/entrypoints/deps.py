@@ -21,6 +21,7 @@ from services.gateway.domain.serving_table import ServingTable
 from services.gateway.entrypoints.reload_listener import ReloadListener
 from services.gateway.reloader import Reloader
 from services.gateway.settings import GatewaySettings
+from services.gateway.shadow import ShadowMirror
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys
 
@@ -46,6 +47,7 @@ class Gateway:
     feedback: FeedbackService
     tokens: FeedbackTokens | None
     started: asyncio.Event
+    shadow: ShadowMirror
 
 
 def get_gateway(request: Request) -> Gateway:

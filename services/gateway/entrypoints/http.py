@@ -8,9 +8,9 @@ it cannot be confirmed now (retry: a retried rating never counts twice).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
 from redis.exceptions import RedisError
 
 from services.gateway import handlers
@@ -90,3 +90,31 @@ async def model_status(gw: GatewayDep, name: ModelName) -> dict[str, Any]:
 )
 async def feedback(gw: GatewayDep, body: FeedbackRequest) -> dict[str, Any]:
     return await record_feedback(gw, body)
+
+
+@router.get(
+    "/v1/requests/{request_id}",
+    tags=["serving"],
+    responses=http_json.documented(
+        {
+            404: "No prediction with this request id in the request log (unknown, or older than its TTL).",
+            503: "Redis cannot be read right now; retry.",
+        }
+    ),
+)
+async def which_version_answered(
+    gw: GatewayDep, request_id: Annotated[str, Path(min_length=1, max_length=128)]
+) -> dict[str, Any]:
+    """Which model version (and variant of which rollout) answered a request: the request log, kept
+    FLYWHEEL_REQUEST_LOG_TTL_S; inputs, outputs and the user stay out of this answer."""
+    try:
+        served = await gw.request_log.by_request(request_id)
+    except (RedisError, OSError) as exc:
+        detail = f"request log unavailable: {exc}"
+        raise HTTPException(503, detail=detail, headers={"Retry-After": "5"}) from exc
+    if served is None:
+        raise HTTPException(404, detail=f"no prediction with request_id {request_id!r} in the request log")
+    return served.model_dump(mode="json", include=ANSWERED_BY)
+
+
+ANSWERED_BY = {"request_id", "model", "version", "variant", "rollout_id", "trace_id", "served_at"}

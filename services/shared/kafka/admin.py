@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from events import ALL_TOPICS
+from events import ALL_TOPICS, TOPIC_CONFIGS
 from services.shared.settings import FlywheelSettings
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,12 @@ def ensure_topics(
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [
-                        NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
+                        NewTopic(
+                            t,
+                            num_partitions=partitions,
+                            replication_factor=replication_factor,
+                            topic_configs=TOPIC_CONFIGS.get(t, {}),
+                        )
                         for t in report.created
                     ],
                     timeout_ms=int(timeout_s * 1000),
