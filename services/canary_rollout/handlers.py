@@ -223,6 +223,7 @@ def _view(model: str, machine: RolloutMachine) -> dict[str, Any] | None:
         "status": r.status.value,
         "active": r.active,
         "step": r.step,
+        "shadow": r.shadow,
         "weight": r.weight,
         "weights": list(r.policy.weights),
         "champion_version": r.champion_version,

@@ -59,13 +59,17 @@ def status_rows(settings: ControlSettings) -> list[dict[str, Any]]:
             for alias, value in cast(dict[str, str], r.hgetall(keys.resolution(model))).items()
         }
         state = r.get(keys.rollout_state(model))
-        rollout = (json.loads(cast(str, state)) or {}).get("rollout") if state else None
+        saved = (json.loads(cast(str, state)) or {}) if state else {}
+        rollout, watch = saved.get("rollout"), saved.get("watch")
         split = r.get(keys.traffic_split(model))
         rows.append(
             {
                 "model": model,
                 "aliases": {a: v for a, v in resolution.items() if v is not None},
                 "rollout": rollout,
+                "watch": {"version": watch["rollout"]["challenger_version"], "until": watch["until"]}
+                if watch
+                else None,
                 "traffic_split": json.loads(cast(str, split)) if split else None,
             }
         )
@@ -86,9 +90,13 @@ def print_status(rows: list[dict[str, Any]], console: Console) -> None:
                 f"{rollout['status']} v{rollout['challenger_version']} vs v{rollout['champion_version']}"
             )
             step_cell = f"{rollout['step'] + 1}/{len(rollout['policy']['weights'])} · {rollout['weight']:g}%"
+            if rollout.get("shadow"):
+                step_cell = "shadow step · 0%"
             totals_cell = f"{totals.get('requests', 0)} / {totals.get('errors', 0)} / {rate}"
         else:
             rollout_cell, step_cell, totals_cell = "-", "-", "-"
+        if row.get("watch"):
+            rollout_cell += f"; watching v{row['watch']['version']} until {row['watch']['until'][11:19]}"
         aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(row["aliases"].items())) or "-"
         table.add_row(row["model"], aliases, rollout_cell, step_cell, totals_cell)
     console.print(table)

@@ -45,8 +45,8 @@ POLICY_ENV = {
     # All test processes share two cores: latency reflects machine load, so it is judged loosely here.
     "FLYWHEEL_CANARY_MAX_P95_LATENCY_RATIO": "3",
     "FLYWHEEL_CANARY_MAX_P95_LATENCY_DELTA_MS": "100",
-    # Sequential analysis sized for a test's traffic: evidence from 150 effective inferences, 5 points.
-    "FLYWHEEL_CANARY_SEQUENTIAL_HORIZON": "150",
+    # Sequential analysis sized for a test's traffic: evidence from 400 effective inferences, 5 points.
+    "FLYWHEEL_CANARY_SEQUENTIAL_HORIZON": "400",
     "FLYWHEEL_CANARY_MAX_ERROR_RATE_DELTA": "0.05",
     "FLYWHEEL_CANARY_WATCH_S": "40",
     "FLYWHEEL_CANARY_SHADOW_SAMPLES": "40",

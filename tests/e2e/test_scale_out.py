@@ -59,7 +59,7 @@ def runner(stack: Endpoints, workdir: Path) -> Iterator[StackRunner]:
         "FLYWHEEL_CANARY_TICK_S": "0.5",
         "FLYWHEEL_CANARY_MAX_P95_LATENCY_RATIO": "5",
         "FLYWHEEL_CANARY_MAX_P95_LATENCY_DELTA_MS": "200",
-        "FLYWHEEL_CANARY_SEQUENTIAL_HORIZON": "150",
+        "FLYWHEEL_CANARY_SEQUENTIAL_HORIZON": "400",
         "FLYWHEEL_CANARY_SHADOW_SAMPLES": "0",  # the hand-over of live steps is what this test is about
         "FLYWHEEL_CANARY_MAX_ERROR_RATE_DELTA": "0.05",
     }

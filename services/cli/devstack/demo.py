@@ -106,10 +106,12 @@ DEMO_CANARY_ENV = {
     # model; the demo judges latency loosely (production defaults: x1.25 and +5 ms).
     "FLYWHEEL_CANARY_MAX_P95_LATENCY_RATIO": "3",
     "FLYWHEEL_CANARY_MAX_P95_LATENCY_DELTA_MS": "100",
-    # The sequential analysis asks for evidence in proportion to its margins: with the demo's few hundred
-    # requests it decides on 150 effective inferences and 60 ratings per variant, within 5 points.
-    "FLYWHEEL_CANARY_SEQUENTIAL_HORIZON": "150",
-    "FLYWHEEL_CANARY_SEQUENTIAL_FEEDBACK_HORIZON": "60",
+    # The sequential analysis asks for evidence in proportion to its margins: sized for the demo's traffic
+    # (a few thousand requests a rollout, half of them rated), it decides on 600 effective inferences and
+    # 200 ratings per variant, within 5 points. A horizon reached on a thin challenger sample spends the
+    # tests' alpha early: too small a horizon means inconclusive rollbacks.
+    "FLYWHEEL_CANARY_SEQUENTIAL_HORIZON": "600",
+    "FLYWHEEL_CANARY_SEQUENTIAL_FEEDBACK_HORIZON": "200",
     "FLYWHEEL_CANARY_MAX_ERROR_RATE_DELTA": "0.05",
     "FLYWHEEL_CANARY_WATCH_S": "30",
     "FLYWHEEL_CANARY_SHADOW_SAMPLES": "40",
