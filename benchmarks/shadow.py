@@ -3,9 +3,11 @@
 One gateway replica serves `champion` (v1) and has `challenger` (v2) loaded; the traffic split the canary
 would write in a shadow step (weight 0, `shadow_share` of champion requests mirrored) is written to Redis
 directly, switched between off (share 0) and on (share 0.5 and 1.0) round by round, so the machine's drift
-hits every setting alike. Load: wrk at each concurrency. Reported per setting: req/s, p50, p99, and how
-many requests were mirrored or dropped (the replica's shadow slots busy: `FLYWHEEL_SHADOW_MAX_IN_FLIGHT`);
-the verdict is each setting's p99 as a ratio to the unmirrored p99 measured in the same rounds.
+hits every setting alike. Two loads: closed loop (wrk at each concurrency: the replica saturated, where
+mirroring can only cost throughput) and open loop (requests due at a fixed rate, half the unmirrored
+capacity, latency counted from when each was due: what users see on a replica with headroom). Reported per
+setting: req/s, p50, p99, and how many requests were mirrored or dropped (slots busy, or no idle moment
+within 2 s); the verdict is each setting's p99 as a ratio to the unmirrored p99 measured in the same run.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import redis
 from mlflow import MlflowClient
 
@@ -28,7 +32,46 @@ from services.cli.stack_runner import StackRunner
 from services.shared.redis_store import RedisKeys
 from services.shared.traffic import TrafficSplit
 
-SHARES = (0.0, 0.5, 1.0)
+SHARES = (0.0, 0.1, 0.5, 1.0)
+#: The open-loop rate, as a share of the replica's closed-loop capacity measured unmirrored in the same run.
+PACED_LOAD = 0.5
+
+
+def _paced(url: str, body: bytes, rate: float, duration_s: float) -> dict[str, Any]:
+    """Open loop: request i is due at start + i/rate whatever happened before (as users arrive), and its
+    latency counts from when it was due, so a stall shows in the numbers instead of pausing the load."""
+    n = int(rate * duration_s)
+    start = time.perf_counter() + 0.2
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    counter = iter(range(n))
+
+    def worker() -> None:
+        nonlocal errors
+        with httpx.Client(timeout=10.0) as client:
+            for i in counter:
+                due = start + i / rate
+                time.sleep(max(0.0, due - time.perf_counter()))
+                resp = client.post(url, content=body, headers={"Content-Type": "application/json"})
+                elapsed = (time.perf_counter() - due) * 1000
+                with lock:
+                    latencies.append(elapsed)
+                    errors += resp.status_code != 200
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    arr = np.asarray(latencies)
+    return {
+        "rate_per_s": round(rate, 1),
+        "requests": n,
+        "errors": errors,
+        "p50_ms": round(float(np.percentile(arr, 50)), 2),
+        "p99_ms": round(float(np.percentile(arr, 99)), 2),
+    }
 
 
 def _shadow_calls(url: str) -> dict[str, float]:
@@ -97,6 +140,31 @@ def run(duration_s: float, concurrencies: list[int], rounds: int, workdir: Path)
                     got["shadow_calls"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
                     per_share[str(share)].append(got)
         set_share(0.0)
+        capacity = statistics.median(x["rps"] for x in results[str(concurrencies[0])]["0.0"])
+        paced: dict[str, list[dict[str, Any]]] = {str(s): [] for s in SHARES}
+        for _ in range(rounds):
+            for share in SHARES:
+                set_share(share)
+                before = _shadow_calls(base)
+                got = _paced(url, body, capacity * PACED_LOAD, duration_s)
+                after = _shadow_calls(base)
+                got["shadow_calls"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                paced[str(share)].append(got)
+        set_share(0.0)
+    open_loop: dict[str, Any] = {}
+    for label, runs in paced.items():
+        open_loop[label] = {
+            "p50_ms": round(statistics.median(x["p50_ms"] for x in runs), 2),
+            "p99_ms": round(statistics.median(x["p99_ms"] for x in runs), 2),
+            "errors": sum(x["errors"] for x in runs),
+            "shadow_calls": {
+                k: sum(x["shadow_calls"].get(k, 0) for x in runs)
+                for k in ("agreed", "differed", "error", "dropped")
+            },
+        }
+    unmirrored = open_loop["0.0"]["p99_ms"]
+    for setting in open_loop.values():
+        setting["p99_ratio_to_unmirrored"] = round(setting["p99_ms"] / unmirrored, 3) if unmirrored else None
     report: dict[str, Any] = {}
     for level, per_share in results.items():
         merged: dict[str, dict[str, Any]] = {
@@ -122,5 +190,10 @@ def run(duration_s: float, concurrencies: list[int], rounds: int, workdir: Path)
         "load_generator": "wrk -t1 (keep-alive)",
         "duration_s_per_round": duration_s,
         "rounds": rounds,
-        "by_concurrency": report,
+        "closed_loop_by_concurrency": report,
+        "open_loop": {
+            "rate_per_s": round(capacity * PACED_LOAD, 1),
+            "load": f"{PACED_LOAD:.0%} of the unmirrored closed-loop capacity at c={concurrencies[0]}",
+            "by_share": open_loop,
+        },
     }

@@ -51,7 +51,7 @@ class CanarySettings(FlywheelSettings):
     canary_sequential_feedback_horizon: int = count_field(3000, "Effective ratings per variant.")
     canary_spending: Spending = "obrien_fleming"
     canary_shadow_samples: int = count_field(200, "Shadow step answers; 0 = no shadow step.", minimum=0)
-    canary_shadow_share: float = Field(default=0.5, gt=0, le=1)
+    canary_shadow_share: float = Field(default=0.1, gt=0, le=1)
     canary_min_shadow_agreement: float = share_field(0.5)
     canary_watch_s: float = positive_field(600.0, "Post-promotion watch; 0 = off.", zero_allowed=True)
 

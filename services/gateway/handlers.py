@@ -203,6 +203,16 @@ def served_request(event: InferenceRecorded) -> ServedRequest:
 async def predict(
     gw: Gateway, name: str, body: PredictRequest, alias: str | None, version: str | None
 ) -> PredictResponse:
+    gw.shadow.serving += 1  # mirrored shadow calls wait while users are served
+    try:
+        return await _predict(gw, name, body, alias, version)
+    finally:
+        gw.shadow.serving -= 1
+
+
+async def _predict(
+    gw: Gateway, name: str, body: PredictRequest, alias: str | None, version: str | None
+) -> PredictResponse:
     started = time.perf_counter()
     target = await route(gw, name, body, alias, version)
     parsed = check_inputs(gw, target, body)

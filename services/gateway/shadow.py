@@ -5,8 +5,9 @@ request that `mirrored()` picks is answered by the champion as usual; after the 
 parsed inputs go to the challenger in the background. Its answer is never returned: it is compared with
 the champion's and reported as an InferenceRecorded with variant `shadow` (latency, error, agreement) for
 the canary to judge. Off the request path and bounded: at most `shadow_max_in_flight` mirrored calls run
-at once per replica, a request that finds them busy is not mirrored (counted as dropped), so a slow or
-failing challenger costs users nothing but a share of this replica's spare CPU.
+at once per replica, a request that finds them busy is not mirrored (counted as dropped), and a mirrored
+call starts only when no user request is being served here (it waits up to 2 s for such a gap, else it is
+dropped), so a slow or failing challenger costs users nothing but a share of this replica's idle CPU.
 """
 
 from __future__ import annotations
@@ -47,10 +48,23 @@ class MirroredRequest:
 
 
 class ShadowMirror:
-    def __init__(self, max_in_flight: int) -> None:
+    """Mirrored calls wait for a moment when this replica serves no user request (up to `wait_idle_s`,
+    else they are dropped): the challenger gets the replica's idle time, not its users' time."""
+
+    def __init__(self, max_in_flight: int, wait_idle_s: float = 2.0) -> None:
         self.max_in_flight = max_in_flight
+        self.wait_idle_s = wait_idle_s
         self.in_flight = 0
+        self.serving = 0  # user predictions in progress on this replica (handlers.predict counts them)
         self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _idle(self) -> bool:
+        deadline = time.monotonic() + self.wait_idle_s
+        while self.serving > 0:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.0005)
+        return True
 
     def challenger_for(
         self, gw: Gateway, name: str, rollout_id: str | None, request_id: str
@@ -77,6 +91,9 @@ class ShadowMirror:
     async def _run(self, gw: Gateway, request: MirroredRequest) -> None:
         challenger, body, parsed = request.challenger, request.body, request.parsed
         try:
+            if not await self._idle():
+                metrics.SHADOW.labels("dropped").inc()
+                return
             started = time.perf_counter()
             error: BaseException | None = None
             try:

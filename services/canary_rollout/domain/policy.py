@@ -104,7 +104,11 @@ class RolloutPolicy(BaseModel):
         minimum=0,
     )
     shadow_share: float = Field(
-        default=0.5, gt=0, le=1, description="Share of champion requests mirrored during the shadow step."
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Share of champion requests mirrored during the shadow step (each costs the replica "
+        "about one more prediction: `flywheel bench shadow`).",
     )
     min_shadow_agreement: float = share_field(
         0.5, "Shadow step: the least share of mirrored requests the challenger answers as the champion."

@@ -115,6 +115,7 @@ DEMO_CANARY_ENV = {
     "FLYWHEEL_CANARY_MAX_ERROR_RATE_DELTA": "0.05",
     "FLYWHEEL_CANARY_WATCH_S": "30",
     "FLYWHEEL_CANARY_SHADOW_SAMPLES": "40",
+    "FLYWHEEL_CANARY_SHADOW_SHARE": "0.5",  # a short demo: half the champion requests mirrored (default 10 %)
 }
 
 
