@@ -62,7 +62,8 @@ def _read(consumer: KafkaConsumer, model: str, since: datetime | None, timeout_s
         return []
     consumer.assign(partitions)
     end = consumer.end_offsets(partitions)
-    if since is None:
+    # Kafka's time index starts at the epoch: anything before it is "from the beginning".
+    if since is None or since.timestamp() <= 0:
         consumer.seek_to_beginning(*partitions)
     else:
         starts = consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in partitions})
@@ -100,6 +101,8 @@ def read_history(
 ) -> History:
     """The history of `model` between `since` and `until`. Alias changes up to `ATTRIBUTION_WINDOW_S`
     before `since` are read too, so the decision that caused the first change in range is known."""
-    read_from = since - timedelta(seconds=ATTRIBUTION_WINDOW_S) if since is not None else None
+    read_from = None
+    if since is not None and since > datetime.min.replace(tzinfo=since.tzinfo) + timedelta(days=1):
+        read_from = since - timedelta(seconds=ATTRIBUTION_WINDOW_S)
     events = read_events(bootstrap_servers, model, read_from, profile=profile)
     return build_history(model, events, since, until, holds=holds, limit=limit)
