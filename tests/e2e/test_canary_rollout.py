@@ -322,7 +322,15 @@ def test_admin_actions_need_token_hold_without_samples_and_survive_worker_kill(
     assert pipeline.api(f"/v1/rollouts/{name}/pause", "POST").status_code == 200
     assert pipeline.api(f"/v1/rollouts/{name}/pause", "POST").status_code == 409  # already paused
 
-    # Sticky routing while the weight is fixed (paused at 20 %): a user always gets the same variant.
+    # Sticky routing while the weight is fixed (paused at 20 %): a user always gets the same variant, once
+    # every replica's cached split says 20 % (a request refreshes a cached split older than 0.5 s).
+    def replicas_at_20() -> bool:
+        for g in pipeline.gateways:
+            httpx.post(f"{g.url}/v1/models/{name}/predict", json={"inputs": SAMPLES[0]}, timeout=10)
+        views = [httpx.get(f"{g.url}/v1/models/{name}", timeout=5).json() for g in pipeline.gateways]
+        return all((v.get("traffic_split") or {}).get("weight") == 20 for v in views)
+
+    wait_for(replicas_at_20, 30, "every replica routing 20 %")
     with Users(pipeline.gateways, name, distinct=False) as users:
         time.sleep(4)
     by_user: dict[str, set[str | None]] = {}

@@ -14,6 +14,7 @@ import time
 from datetime import datetime, timedelta
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from events import HISTORY_TOPICS, EventDecodeError, decode
 from events.envelope import Event
@@ -49,6 +50,8 @@ def read_events(
         raise HistoryUnavailable(f"Kafka unreachable: {exc!r}") from exc
     try:
         return _read(consumer, model, since, timeout_s)
+    except KafkaError as exc:  # a broker lost mid-read: the history exists, it cannot be read now
+        raise HistoryUnavailable(f"Kafka read failed: {exc!r}") from exc
     finally:
         consumer.close()
 
