@@ -12,11 +12,13 @@ within 2 s); the verdict is each setting's p99 as a ratio to the unmirrored p99 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from services.shared.traffic import TrafficSplit
 SHARES = (0.0, 0.1, 0.5, 1.0)
 #: The open-loop rate, as a share of the replica's closed-loop capacity measured unmirrored in the same run.
 PACED_LOAD = 0.5
+CALL_OUTCOMES = ("agreed", "differed", "error", "dropped")
 
 
 def _paced(url: str, body: bytes, rate: float, duration_s: float) -> dict[str, Any]:
@@ -84,6 +87,27 @@ def _shadow_calls(url: str) -> dict[str, float]:
     return calls
 
 
+def _merge(per_share: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Medians per share, summed mirrored calls, and p99 as a ratio to the unmirrored p99 of the same run."""
+    merged: dict[str, dict[str, Any]] = {}
+    for share, runs in per_share.items():
+        merged[share] = {
+            "p50_ms": round(statistics.median(x["p50_ms"] for x in runs), 2),
+            "p99_ms": round(statistics.median(x["p99_ms"] for x in runs), 2),
+            "errors": sum(x["errors"] for x in runs),
+            "shadow_calls": {
+                k: sum(x["shadow_calls"].get(k, 0) for x in runs)
+                for k in ("agreed", "differed", "error", "dropped")
+            },
+        }
+        if "rps" in runs[0]:
+            merged[share]["rps"] = round(statistics.median(x["rps"] for x in runs), 1)
+    unmirrored = merged["0.0"]["p99_ms"]
+    for setting in merged.values():
+        setting["p99_ratio_to_unmirrored"] = round(setting["p99_ms"] / unmirrored, 3) if unmirrored else None
+    return merged
+
+
 def run(duration_s: float, concurrencies: list[int], rounds: int, workdir: Path) -> dict[str, Any]:
     if wrk_path() is None:
         raise RuntimeError("wrk is not on PATH (Debian: apt-get install wrk)")
@@ -128,72 +152,37 @@ def run(duration_s: float, concurrencies: list[int], rounds: int, workdir: Path)
 
         set_share(0.0)
         run_wrk(url, body, 2.0, 4, workdir / "wrk")  # warm-up
-        results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        for concurrency in concurrencies:
-            per_share = results[str(concurrency)] = {str(s): [] for s in SHARES}
+
+        def closed_loop(concurrency: int) -> dict[str, Any]:
+            return run_wrk(url, body, duration_s, concurrency, workdir / "wrk")
+
+        def per_share(load: Callable[[], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+            """`rounds` runs of `load` per mirrored share, the shares alternating round by round."""
+            runs: dict[str, list[dict[str, Any]]] = {str(s): [] for s in SHARES}
             for _ in range(rounds):
                 for share in SHARES:
                     set_share(share)
                     before = _shadow_calls(base)
-                    got = run_wrk(url, body, duration_s, concurrency, workdir / "wrk")
+                    got = load()
                     after = _shadow_calls(base)
                     got["shadow_calls"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-                    per_share[str(share)].append(got)
-        set_share(0.0)
-        capacity = statistics.median(x["rps"] for x in results[str(concurrencies[0])]["0.0"])
-        paced: dict[str, list[dict[str, Any]]] = {str(s): [] for s in SHARES}
-        for _ in range(rounds):
-            for share in SHARES:
-                set_share(share)
-                before = _shadow_calls(base)
-                got = _paced(url, body, capacity * PACED_LOAD, duration_s)
-                after = _shadow_calls(base)
-                got["shadow_calls"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-                paced[str(share)].append(got)
-        set_share(0.0)
-    open_loop: dict[str, Any] = {}
-    for label, runs in paced.items():
-        open_loop[label] = {
-            "p50_ms": round(statistics.median(x["p50_ms"] for x in runs), 2),
-            "p99_ms": round(statistics.median(x["p99_ms"] for x in runs), 2),
-            "errors": sum(x["errors"] for x in runs),
-            "shadow_calls": {
-                k: sum(x["shadow_calls"].get(k, 0) for x in runs)
-                for k in ("agreed", "differed", "error", "dropped")
-            },
-        }
-    unmirrored = open_loop["0.0"]["p99_ms"]
-    for setting in open_loop.values():
-        setting["p99_ratio_to_unmirrored"] = round(setting["p99_ms"] / unmirrored, 3) if unmirrored else None
-    report: dict[str, Any] = {}
-    for level, per_share in results.items():
-        merged: dict[str, dict[str, Any]] = {
-            share: {
-                "rps": round(statistics.median(x["rps"] for x in runs), 1),
-                "p50_ms": round(statistics.median(x["p50_ms"] for x in runs), 2),
-                "p99_ms": round(statistics.median(x["p99_ms"] for x in runs), 2),
-                "errors": sum(x["errors"] for x in runs),
-                "shadow_calls": {
-                    k: sum(x["shadow_calls"].get(k, 0) for x in runs)
-                    for k in ("agreed", "differed", "error", "dropped")
-                },
-            }
-            for share, runs in per_share.items()
-        }
-        off = merged["0.0"]["p99_ms"]
-        for setting in merged.values():
-            setting["p99_ratio_to_unmirrored"] = round(setting["p99_ms"] / off, 3) if off else None
-        report[level] = merged
+                    runs[str(share)].append(got)
+            set_share(0.0)
+            return runs
+
+        closed = {str(c): per_share(functools.partial(closed_loop, c)) for c in concurrencies}
+        capacity = statistics.median(x["rps"] for x in closed[str(concurrencies[0])]["0.0"])
+        paced = per_share(functools.partial(_paced, url, body, capacity * PACED_LOAD, duration_s))
     return {
         "benchmark": "shadow",
         "model": f"{model}: champion v1 (weak), challenger v2 (strong), one record per request",
         "load_generator": "wrk -t1 (keep-alive)",
         "duration_s_per_round": duration_s,
         "rounds": rounds,
-        "closed_loop_by_concurrency": report,
+        "closed_loop_by_concurrency": {level: _merge(runs) for level, runs in closed.items()},
         "open_loop": {
             "rate_per_s": round(capacity * PACED_LOAD, 1),
             "load": f"{PACED_LOAD:.0%} of the unmirrored closed-loop capacity at c={concurrencies[0]}",
-            "by_share": open_loop,
+            "by_share": _merge(paced),
         },
     }

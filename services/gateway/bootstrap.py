@@ -86,6 +86,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         flush_ms=settings.inference_flush_ms,
         linger_ms=settings.inference_linger_ms,
     )
+    router = TrafficRouter(redis, keys)
     tracer = PredictionTracer(
         settings.mlflow_tracking_uri, settings.trace_experiment, enabled=settings.tracing_enabled
     )
@@ -102,12 +103,19 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         tracer=tracer,
         emitter=emitter,
         publisher=publisher,
-        router=TrafficRouter(redis, keys),
+        router=router,
         request_log=RequestLog(redis, keys, settings.request_log_ttl_s),
         feedback=FeedbackService(settings.mlflow_tracking_uri),
         tokens=settings.feedback_tokens(),
         started=asyncio.Event(),
-        shadow=ShadowMirror(settings.shadow_max_in_flight),
+        shadow=ShadowMirror(
+            router,
+            table,
+            emitter,
+            replica=settings.replica_name(),
+            challenger_alias=settings.challenger_alias,
+            max_in_flight=settings.shadow_max_in_flight,
+        ),
     )
 
 

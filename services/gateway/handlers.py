@@ -240,11 +240,9 @@ async def _predict(
         )
     gw.request_log.remember(served_request(event))
     if target.variant == "champion" and (
-        shadow := gw.shadow.challenger_for(gw, name, target.rollout_id, request_id)
+        shadow := gw.shadow.challenger_for(name, target.rollout_id, request_id)
     ):
-        gw.shadow.mirror(
-            gw, MirroredRequest(name, shadow, body, parsed, request_id, target.rollout_id, outputs)
-        )
+        gw.shadow.mirror(MirroredRequest(name, shadow, body, parsed, request_id, target.rollout_id, outputs))
     token = gw.tokens.issue(request_id, body.user_id, time.time()) if gw.tokens is not None else None
     return PredictResponse(
         outputs=outputs,

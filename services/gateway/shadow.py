@@ -17,19 +17,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 
 from events import InferenceRecorded
 from services.gateway import metrics
+from services.gateway.adapters.inference_events import InferenceEmitter
 from services.gateway.adapters.model_loader import LoadedModel
+from services.gateway.adapters.traffic_router import TrafficRouter
 from services.gateway.domain.inputs import ParsedInputs
+from services.gateway.domain.serving_table import ServingTable
 from services.gateway.schemas import PredictRequest
 from services.shared.traffic import mirrored
-
-if TYPE_CHECKING:  # deps.py holds a ShadowMirror: import its type for annotations only
-    from services.gateway.entrypoints.deps import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,19 @@ class ShadowMirror:
     """Mirrored calls wait for a moment when this replica serves no user request (up to `wait_idle_s`,
     else they are dropped): the challenger gets the replica's idle time, not its users' time."""
 
-    def __init__(self, max_in_flight: int, wait_idle_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        router: TrafficRouter,
+        table: ServingTable,
+        emitter: InferenceEmitter,
+        *,
+        replica: str,
+        challenger_alias: str,
+        max_in_flight: int,
+        wait_idle_s: float = 2.0,
+    ) -> None:
+        self.router, self.table, self.emitter = router, table, emitter
+        self.replica, self.challenger_alias = replica, challenger_alias
         self.max_in_flight = max_in_flight
         self.wait_idle_s = wait_idle_s
         self.in_flight = 0
@@ -66,29 +78,27 @@ class ShadowMirror:
             await asyncio.sleep(0.0005)
         return True
 
-    def challenger_for(
-        self, gw: Gateway, name: str, rollout_id: str | None, request_id: str
-    ) -> LoadedModel | None:
+    def challenger_for(self, name: str, rollout_id: str | None, request_id: str) -> LoadedModel | None:
         """The loaded challenger when this champion request is to be mirrored, else None."""
-        split = gw.router.split(name)
+        split = self.router.split(name)
         if split is None or split.shadow_share <= 0 or split.rollout_id != rollout_id:
             return None
-        loaded = gw.table.get(name, gw.settings.challenger_alias)
+        loaded = self.table.get(name, self.challenger_alias)
         if loaded is None or loaded.version != split.challenger_version:
             return None
         return loaded if mirrored(split.rollout_id, request_id, split.shadow_share) else None
 
-    def mirror(self, gw: Gateway, request: MirroredRequest) -> None:
+    def mirror(self, request: MirroredRequest) -> None:
         """Start the mirrored call in the background (or drop it when the slots are busy)."""
         if self.in_flight >= self.max_in_flight:
             metrics.SHADOW.labels("dropped").inc()
             return
         self.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run(gw, request))
+        task = asyncio.get_running_loop().create_task(self._run(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, gw: Gateway, request: MirroredRequest) -> None:
+    async def _run(self, request: MirroredRequest) -> None:
         challenger, body, parsed = request.challenger, request.body, request.parsed
         try:
             if not await self._idle():
@@ -104,16 +114,16 @@ class ShadowMirror:
             latency_ms = (time.perf_counter() - started) * 1000
             agrees = None if error is not None else _same(result, request.champion_outputs)
             metrics.SHADOW.labels("error" if error else ("agreed" if agrees else "differed")).inc()
-            gw.emitter.emit(
+            self.emitter.emit(
                 InferenceRecorded(
-                    producer=f"gateway/{gw.replica}",
+                    producer=f"gateway/{self.replica}",
                     model=request.model,
                     version=challenger.version,
-                    alias=gw.settings.challenger_alias,
+                    alias=self.challenger_alias,
                     variant="shadow",
                     rollout_id=request.rollout_id,
                     request_id=f"{request.request_id}.shadow",
-                    replica=gw.replica,
+                    replica=self.replica,
                     user_id=body.user_id,
                     status="ok" if error is None else "error",
                     error_type=type(error).__name__ if error else None,

@@ -19,7 +19,15 @@ def test_mirrored_is_a_stable_uniform_sample_by_request_id() -> None:
 
 def test_a_mirrored_call_waits_for_a_moment_without_user_requests_or_gives_up() -> None:
     async def scenario() -> tuple[bool, bool, float]:
-        mirror = ShadowMirror(max_in_flight=1, wait_idle_s=0.05)
+        mirror = ShadowMirror(
+            None,  # type: ignore[arg-type]  # only the idle wait is exercised here
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            replica="r",
+            challenger_alias="challenger",
+            max_in_flight=1,
+            wait_idle_s=0.05,
+        )
         mirror.serving = 1
         gave_up = await mirror._idle()  # users all along: dropped after wait_idle_s
         loop = asyncio.get_running_loop()
