@@ -15,7 +15,11 @@ What a worker gets, so that its own code is only the use case:
   acknowledges a batch's messages only once its handler returned, so Faust commits an offset only after
   the effect is stored;
 - **metrics**: `flywheel_consumer_messages_total{worker,topic,outcome}` (handled, undecodable),
-  `flywheel_consumer_handler_errors_total{worker,topic}`, `flywheel_consumer_batch_seconds{worker,topic}`;
+  `flywheel_consumer_handler_errors_total{worker,topic}`, `flywheel_consumer_batch_seconds{worker,topic}`,
+  and `flywheel_consumer_lag_messages{worker,topic,partition}`: for each partition assigned to this
+  instance, the high watermark (the broker's end offset, read every `lag_interval_s`) minus the next offset
+  to handle (the one after the last message a handler finished, or, before the first since the
+  assignment, the consumer's fetch position). A partition that is revoked loses its series;
 - **readiness over HTTP** on the worker's web port: `/healthz` (the process answers), `/readyz` (200 once
   the consumer group assigned this worker its partitions and the start-up tasks finished; 503 before),
   `/metrics` (Prometheus). Tests and orchestrators wait for `/readyz`, never for a log line.
@@ -31,13 +35,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from events import Event, EventDecodeError, decode
 from services.shared.batch_consumer import BatchConsumer
@@ -61,6 +67,11 @@ BATCH_SECONDS = Histogram(
     "Time a handler took for one batch, retries included",
     ["worker", "topic"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+)
+LAG = Gauge(
+    "flywheel_consumer_lag_messages",
+    "Messages of an assigned partition not handled yet: high watermark minus the next offset to handle",
+    ["worker", "topic", "partition"],
 )
 
 
@@ -98,6 +109,42 @@ class Timer:
     name: str
 
 
+class OffsetReader(Protocol):
+    """What the lag gauge reads of a consumer: an aiokafka consumer as it is (the batch consumer's), or
+    Faust's through `_FaustOffsets`."""
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
+    async def position(self, partition: TopicPartition) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class _FaustOffsets:
+    """Faust's consumer (`app.consumer`, public API) as an `OffsetReader`: `highwaters` asks the broker
+    for the end offsets (ListOffsets), `position` is the aiokafka consumer's fetch position."""
+
+    consumer: Any
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
+        return cast(Mapping[TopicPartition, int], await self.consumer.highwaters(*partitions))
+
+    async def position(self, partition: TopicPartition) -> int | None:
+        return cast("int | None", await self.consumer.position(partition))
+
+
+def consumer_lag(
+    end_offsets: Mapping[TopicPartition, int | None], positions: Mapping[TopicPartition, int | None]
+) -> dict[TopicPartition, int]:
+    """Messages each partition is behind: its end offset (high watermark, the offset the next produced
+    message gets) minus the next offset to handle. Partitions where either is unknown are left out; never
+    negative (the end offset may have been read a moment before the position moved)."""
+    lags = {}
+    for tp, end in end_offsets.items():
+        position = positions.get(tp)
+        if end is not None and position is not None:
+            lags[tp] = max(0, end - position)
+    return lags
+
+
 @dataclass
 class ConsumerRuntime:
     """A worker's consumer group, subscriptions, timers and start-up tasks on one Faust app."""
@@ -124,6 +171,13 @@ class ConsumerRuntime:
     # What this instance consumes now (topic -> partitions) and how many partitions each topic has.
     partitions: dict[str, set[int]] = field(default_factory=dict)
     topic_partitions: dict[str, int] = field(default_factory=dict)
+    # How often `flywheel_consumer_lag_messages` is refreshed.
+    lag_interval_s: float = 5.0
+    _app: faust.App | None = field(default=None, init=False, repr=False)
+    _batch: BatchConsumer | None = field(default=None, init=False, repr=False)
+    # Partition -> the offset after the last message handled there since it was assigned.
+    _next_offsets: dict[TopicPartition, int] = field(default_factory=dict, init=False, repr=False)
+    _lag_shown: set[TopicPartition] = field(default_factory=set, init=False, repr=False)
 
     def owns(self, topic: str, key: str) -> bool:
         """Whether events keyed `key` on `topic` come to this instance now (Kafka's default partitioner:
@@ -141,7 +195,7 @@ class ConsumerRuntime:
         return self.assigned and self.started
 
     def build(self) -> faust.App:
-        app = make_faust_app(
+        app = self._app = make_faust_app(
             self.group_id,
             self.settings,
             web_port=self.web_port,
@@ -156,7 +210,7 @@ class ConsumerRuntime:
         else:
             for sub in self.subscriptions:
                 self._agent(app, sub)
-        for timer in self.timers:
+        for timer in [*self.timers, Timer(self.lag_interval_s, self.refresh_lag, "consumer-lag")]:
             app.timer(timer.interval_s, name=f"{self.worker}-{timer.name}")(self._guarded(timer))
         app.task(self._start)
         self._web(app)
@@ -193,6 +247,10 @@ class ConsumerRuntime:
         for tp in assigned:
             partitions.setdefault(tp.topic, set()).add(tp.partition)
         self.topic_partitions.update({topic: n for topic, n in counts.items() if n})
+        # What was handled of a partition counts only while it stays ours: another instance may have
+        # moved on while it was not (and a batch finished after its revocation must not count).
+        kept = _partitions(self.partitions) & _partitions(partitions)
+        self._forget((self._next_offsets.keys() | self._lag_shown) - kept)
         self.partitions = partitions
         self.assigned = True
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
@@ -201,8 +259,47 @@ class ConsumerRuntime:
 
     def partitions_revoked(self, revoked: Iterable[Any]) -> None:
         """Until the next assignment, a revoked partition is nobody's here: no decision about its keys."""
+        revoked = list(revoked)
         for tp in revoked:
             self.partitions.get(tp.topic, set()).discard(tp.partition)
+        self._forget({TopicPartition(tp.topic, tp.partition) for tp in revoked})
+
+    def _forget(self, partitions: set[TopicPartition]) -> None:
+        """Drop what is known of partitions that are no longer (or not yet again) ours, and their lag."""
+        for tp in partitions:
+            self._next_offsets.pop(tp, None)
+        for tp in partitions & self._lag_shown:
+            LAG.remove(self.worker, tp.topic, str(tp.partition))
+        self._lag_shown -= partitions
+
+    async def refresh_lag(self) -> None:
+        """Set `flywheel_consumer_lag_messages` for every assigned partition (a timer every
+        `lag_interval_s`): end offsets from the broker, next offsets from what was handled (or, for a
+        partition with nothing handled since its assignment, the consumer's position)."""
+        reader = self._offset_reader()
+        assigned = sorted(_partitions(self.partitions))
+        if reader is None or not assigned:
+            self._show_lag({})
+            return
+        ends = await asyncio.wait_for(reader.end_offsets(assigned), self.lag_interval_s * 2)
+        positions = {tp: self._next_offsets.get(tp) for tp in assigned}
+        for tp, position in positions.items():
+            if position is None:
+                positions[tp] = await _position(reader, tp, self.lag_interval_s)
+        self._show_lag(consumer_lag(ends, positions))
+
+    def _offset_reader(self) -> OffsetReader | None:
+        if self.batched:
+            return self._batch.consumer if self._batch is not None else None
+        return _FaustOffsets(self._app.consumer) if self._app is not None and self.assigned else None
+
+    def _show_lag(self, lags: Mapping[TopicPartition, int]) -> None:
+        """The gauge shows exactly `lags`: series of other partitions are removed."""
+        for tp, lag in lags.items():
+            LAG.labels(self.worker, tp.topic, str(tp.partition)).set(lag)
+        for tp in self._lag_shown - lags.keys():
+            LAG.remove(self.worker, tp.topic, str(tp.partition))
+        self._lag_shown = set(lags)
 
     async def _assignment_changed(self) -> None:
         for hook in self.on_assignment:
@@ -224,7 +321,8 @@ class ConsumerRuntime:
         self.started = True
         running = [task() for task in self.after_startup]
         if self.batched:
-            running.append(BatchConsumer(self).run())
+            self._batch = BatchConsumer(self)
+            running.append(self._batch.run())
         if running:
             await asyncio.gather(*running)
 
@@ -253,7 +351,7 @@ class ConsumerRuntime:
                     manual.channel.queue, opened + sub.batch_within_s
                 ):
                     continue
-                await self.handle_batch(sub, [_position(d) for d in batch])
+                await self.handle_batch(sub, [_delivery(d) for d in batch])
                 for done in batch:
                     await manual.ack(done)
                 batch = []
@@ -274,6 +372,7 @@ class ConsumerRuntime:
                 continue
             messages.append(Message(sub.topic, partition, offset, raw, event))
         if not messages:
+            self._handled(sub.topic, deliveries)
             return
         started = time.perf_counter()
 
@@ -289,6 +388,11 @@ class ConsumerRuntime:
         )
         BATCH_SECONDS.labels(self.worker, sub.topic).observe(time.perf_counter() - started)
         MESSAGES.labels(self.worker, sub.topic, "handled").inc(len(messages))
+        self._handled(sub.topic, deliveries)
+
+    def _handled(self, topic: str, deliveries: list[tuple[int, int, bytes | None]]) -> None:
+        for partition, offset, _ in deliveries:  # in partition order: the last one stays
+            self._next_offsets[TopicPartition(topic, partition)] = offset + 1
 
     def _web(self, app: faust.App) -> None:
         runtime = self
@@ -307,7 +411,8 @@ class ConsumerRuntime:
 
         @app.page("/metrics")
         async def metrics(view: Any, request: Any) -> Any:
-            return view.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+            # As a header: aiohttp refuses a `content_type` argument that carries a charset.
+            return view.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -315,7 +420,20 @@ def partition_of(key: str, partitions: int) -> int:
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
-def _position(delivered: Any) -> tuple[int, int, bytes | None]:
+def _partitions(partitions: Mapping[str, Iterable[int]]) -> set[TopicPartition]:
+    return {TopicPartition(topic, p) for topic, parts in partitions.items() for p in parts}
+
+
+async def _position(reader: OffsetReader, tp: TopicPartition, timeout_s: float) -> int | None:
+    """The consumer's fetch position of `tp`; None when it has none yet (aiokafka waits for one) or the
+    partition was revoked meanwhile."""
+    try:
+        return await asyncio.wait_for(reader.position(tp), timeout_s)
+    except (TimeoutError, KafkaError):
+        return None
+
+
+def _delivery(delivered: Any) -> tuple[int, int, bytes | None]:
     message = delivered.message
     return message.partition, message.offset, delivered.value
 

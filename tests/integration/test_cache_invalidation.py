@@ -32,7 +32,7 @@ from services.cli.devstack.stack import Endpoints
 from services.shared.kafka.publisher import KafkaPublisher, Record
 from services.shared.redis_store import RedisKeys, async_redis, sync_redis
 from services.shared.resolution import ReloadNotice, ResolutionEntry, parse_entries
-from tests.support import WorkerProcess, also_on_tansu, unique, wait_until
+from tests.support import WorkerProcess, also_on_tansu, caught_up, unique, wait_until
 from tests.support.events import alias_changed as alias_event
 
 pytestmark = pytest.mark.integration
@@ -223,6 +223,10 @@ def test_changes_are_applied_notified_in_order_and_drop_model_cache(rig: Rig) ->
     assert model in rig.redis.smembers(rig.keys.resolution_models())  # type: ignore[operator]
     assert all(rig.redis.exists(key) for key in survivors)
     assert worker.log_count("skipping unreadable message") == len(junk)
+
+    # Consumer lag on the worker's /metrics: one series per assigned partition, 0 once all is handled.
+    lag = wait_until(lambda: caught_up(worker.lag()), WAIT_S, "flywheel_consumer_lag_messages at 0")
+    assert all(topic == ALIAS_CHANGED for topic, _ in lag)
 
 
 def test_set_older_than_a_tombstone_is_ignored(rig: Rig) -> None:

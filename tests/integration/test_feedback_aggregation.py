@@ -65,7 +65,7 @@ from services.shared.consumer import Message
 from services.shared.dataset_manifest import verify_manifest
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys, async_redis
-from tests.support import TopicReader, also_on_tansu, unique
+from tests.support import TopicReader, also_on_tansu, caught_up, unique
 from tests.support.feedback import (
     DOWN,
     UP,
@@ -431,6 +431,9 @@ def test_counts_are_exact_and_corrections_publish_versioned_datasets(
         print(
             f"\n{len(first_stream)} events counted in {time.monotonic() - started:.2f} s (incl. publishing)"
         )
+        # The batch consumer reports its lag too: every assigned partition of both topics, back at 0.
+        lag = wait_until(lambda: caught_up(worker.lag()), WAIT_S, "flywheel_consumer_lag_messages at 0")
+        assert {topic for topic, _ in lag} == {INFERENCES, FEEDBACK_RECORDED}
 
         fb_a = [e for e in first_stream if isinstance(e, FeedbackRecorded)]
         points = trigger_points(fb_a, min_corrections)

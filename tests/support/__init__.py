@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import httpx
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from events import Event, EventDecodeError, decode
 from services.cli.devstack.process import ManagedProcess
@@ -200,9 +201,25 @@ class WorkerProcess:
         assert self.proc is not None
         self.proc.kill()
 
+    def lag(self) -> dict[tuple[str, str], float]:
+        """`flywheel_consumer_lag_messages` of this worker on its /metrics: (topic, partition) -> lag."""
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).raise_for_status().text
+        return {
+            (sample.labels["topic"], sample.labels["partition"]): sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "flywheel_consumer_lag_messages"
+            for sample in family.samples
+            if sample.labels["worker"] == self.service
+        }
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
+
+
+def caught_up(lag: dict[tuple[str, str], float]) -> dict[tuple[str, str], float] | None:
+    """`lag` (of `WorkerProcess.lag`) when every assigned partition is reported and at 0, else None."""
+    return lag if lag and not any(lag.values()) else None
 
 
 def signed_headers(

@@ -1,20 +1,24 @@
 """The consumer runtime's rules on fakes (no broker): decode once, skip and count what is unreadable,
-retry a failing handler until it succeeds, hand batches over in order — and the cache invalidation use
-case on a fake resolution writer (redelivery, staleness, idempotency), cosmicpython-style."""
+retry a failing handler until it succeeds, hand batches over in order, report consumer lag per assigned
+partition — and the cache invalidation use case on a fake resolution writer (redelivery, staleness,
+idempotency), cosmicpython-style."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
 
 from events import ALIAS_CHANGED, AliasAction, AliasChanged, AliasSource, encode
 from services.cache_invalidation.adapters.resolution_writer import CasResult, CasStatus
 from services.cache_invalidation.domain.apply import entry_of
 from services.cache_invalidation.handlers import InvalidationHandler, Outcome
 from services.cache_invalidation.settings import CacheInvalidationSettings
-from services.shared.consumer import MESSAGES, ConsumerRuntime, Message, Subscription
+from services.shared.consumer import MESSAGES, ConsumerRuntime, Message, Subscription, consumer_lag
 from services.shared.resolution import ReloadNotice, ResolutionEntry
 from services.shared.settings import FlywheelSettings
 
@@ -84,6 +88,57 @@ async def test_a_worker_stopping_mid_retry_leaves_the_batch_unacknowledged() -> 
 def test_subscriptions_refuse_nonsense_batches() -> None:
     with pytest.raises(ValueError, match="batch_max"):
         Subscription(ALIAS_CHANGED, AliasChanged, lambda m: asyncio.sleep(0), batch_max=0)  # type: ignore[arg-type,return-value]
+
+
+def test_lag_is_the_end_offset_minus_the_next_offset_to_handle() -> None:
+    a0, a1, a2, a3 = (TopicPartition("a", p) for p in range(4))
+    ends = {a0: 10, a1: 5, a2: None, a3: 7}
+    positions = {a0: 4, a1: 6, a2: 1}  # a1: end read just before the position moved; a3: no position
+    assert consumer_lag(ends, positions) == {a0: 6, a1: 0}
+
+
+class FakeOffsets:
+    def __init__(self, ends: Mapping[TopicPartition, int], positions: Mapping[TopicPartition, int]) -> None:
+        self.ends, self.positions = ends, positions
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
+        return {tp: self.ends[tp] for tp in partitions}
+
+    async def position(self, partition: TopicPartition) -> int | None:
+        return self.positions.get(partition)
+
+
+def lag_of(partition: int) -> float | None:
+    labels = {"worker": "tests", "topic": ALIAS_CHANGED, "partition": str(partition)}
+    return REGISTRY.get_sample_value("flywheel_consumer_lag_messages", labels)
+
+
+async def test_lag_gauge_counts_from_handled_offsets_and_drops_revoked_partitions() -> None:
+    async def handle(messages: list[Message]) -> None:
+        pass
+
+    rt, sub = runtime(handle)
+    p0, p1, p2 = (TopicPartition(ALIAS_CHANGED, p) for p in range(3))
+    rt._offset_reader = lambda: FakeOffsets({p0: 10, p1: 3, p2: 8}, {p0: 9, p1: 1})  # type: ignore[method-assign]
+    await rt.partitions_assigned([p0, p1, p2], {ALIAS_CHANGED: 3})
+    event = encode(alias("m", "1", T0))
+    await rt.handle_batch(sub, [(0, 4, event), (0, 5, b"junk")])  # p0: handled up to 5, fetched up to 8
+    await rt.refresh_lag()
+    # p0 from what was handled, not from the fetch position; p1 from its position; p2 has none yet.
+    assert (lag_of(0), lag_of(1), lag_of(2)) == (4, 2, None)
+
+    rt.partitions_revoked([p1])
+    assert lag_of(1) is None
+    await rt.partitions_assigned([p0], {ALIAS_CHANGED: 3})  # p0 stayed ours: what was handled still counts
+    await rt.refresh_lag()
+    assert (lag_of(0), lag_of(1)) == (4, None)
+    rt.partitions_revoked([p0])
+    await rt.partitions_assigned([p0, p1], {})  # back after a revocation: another instance may have moved on
+    await rt.refresh_lag()
+    assert (lag_of(0), lag_of(1)) == (1, 2)
+    await rt.partitions_assigned([], {})
+    await rt.refresh_lag()
+    assert (lag_of(0), lag_of(1)) == (None, None)
 
 
 class FakeWriter:
