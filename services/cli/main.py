@@ -12,11 +12,9 @@ from typing import cast
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from services.cli import runners
 from services.cli.bench_commands import bench_app
-from services.shared.settings import redact_url
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 webhook_app = typer.Typer(no_args_is_help=True, help="Manage Flywheel's MLflow webhook.")
@@ -234,9 +232,17 @@ def topics_check() -> None:
 def up(
     workdir: Path = typer.Option(Path(".flywheel"), help="State, logs and embedded servers' data"),
     poll_interval: float = typer.Option(None, envvar="FLYWHEEL_POLL_INTERVAL_S", help="Poller interval (s)"),
+    stable_ports: bool = typer.Option(
+        True,
+        "--stable-ports/--ephemeral-ports",
+        help="Each part on its default port when free (MLflow 5000, watcher 8070, gateways 8080…, "
+        "canary 8090, …), or on random free ports",
+    ),
 ) -> None:
     """Start the whole stack; embedded MLflow/Redis/Kafka for whatever is not configured. Ctrl-C stops it."""
+    from services.cli.devstack.ports import Ports
     from services.cli.stack_runner import StackRunner
+    from services.cli.up_report import up_table
 
     env = dict(os.environ)
     if poll_interval is not None:
@@ -244,41 +250,20 @@ def up(
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    runner = StackRunner(workdir.resolve(), env)
+    runner = StackRunner(workdir.resolve(), env, ports=Ports(stable=stable_ports))
     try:
         with console.status("starting infrastructure"):
-            endpoints = runner.start_infrastructure()
+            runner.start_infrastructure()
         env.setdefault("FLYWHEEL_ADMIN_TOKEN", secrets.token_urlsafe(24))
         runner.env = env
         with console.status("starting services"):
             runner.start_all()
-            watcher = runner.services["registry-watcher"]
-        table = Table(title="Flywheel is up", show_header=False)
-        table.add_row("MLflow", endpoints.mlflow_tracking_uri)
-        table.add_row(
-            "Kafka",
-            f"{endpoints.kafka_bootstrap_servers}: {endpoints.kafka_broker}, "
-            f"{endpoints.kafka_profile} client profile ({endpoints.kafka_reason})",
+        token = (
+            "FLYWHEEL_ADMIN_TOKEN (as set)"
+            if "FLYWHEEL_ADMIN_TOKEN" in os.environ
+            else env["FLYWHEEL_ADMIN_TOKEN"]
         )
-        table.add_row("Redis", redact_url(endpoints.redis_url))
-        table.add_row("registry watcher", f"{watcher.url}  (webhook: {watcher.url}/webhooks/mlflow)")
-        if runner.webhook_check is not None:
-            state = "ok" if runner.webhook_check.ok else "[red]NOT DELIVERED[/]"
-            table.add_row("webhook delivery", f"{state}: {runner.webhook_check.detail}")
-        for name, svc in runner.services.items():
-            if svc.url and name != "registry-watcher":
-                table.add_row(name, svc.url)
-        if "canary-rollout" in runner.services:
-            table.add_row("rollout dashboard", f"{runner.services['canary-rollout'].url}/rollouts")
-            table.add_row(
-                "admin token",
-                "FLYWHEEL_ADMIN_TOKEN (as set)"
-                if "FLYWHEEL_ADMIN_TOKEN" in os.environ
-                else env["FLYWHEEL_ADMIN_TOKEN"],
-            )
-        table.add_row("started here", ", ".join(endpoints.started) or "nothing (all configured)")
-        table.add_row("logs", str(workdir.resolve() / "logs"))
-        Console().print(table)
+        Console().print(up_table(runner, token, workdir.resolve() / "logs"))
         console.print("press Ctrl-C to stop")
         while not stopping.wait(0.5):
             for name, svc in runner.services.items():

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from services.cli.devstack.process import ManagedProcess, free_port
+from services.cli.devstack.ports import Ports, service_default_port
+from services.cli.devstack.process import ManagedProcess
 from services.cli.devstack.stack import Endpoints, Stack
 from services.registry_watcher.adapters.webhook_registration import (
     DeliveryCheck,
@@ -50,6 +51,7 @@ class RunningService:
     name: str
     process: ManagedProcess
     port: int | None = None
+    service: str = ""  # what it runs (`name` is the instance: gateway-1, …)
 
     @property
     def url(self) -> str | None:
@@ -65,6 +67,8 @@ class StackRunner:
     webhook_secret: str = ""
     feedback_secret: str = ""
     webhook_check: DeliveryCheck | None = None
+    # Ephemeral ports unless asked otherwise: `flywheel up` passes Ports(stable=True).
+    ports: Ports = field(default_factory=Ports)
     _stack: Stack | None = None
 
     @classmethod
@@ -78,7 +82,7 @@ class StackRunner:
 
     def start_infrastructure(self) -> Endpoints:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._stack = Stack(self.workdir, self.env)
+        self._stack = Stack(self.workdir, self.env, ports=self.ports)
         self.endpoints = self._stack.start()
         ensure_topics(self.endpoints.kafka_bootstrap_servers, shape=topic_shape(self.env))
         self.webhook_secret = self.env.get("FLYWHEEL_WEBHOOK_SECRET") or secrets.token_urlsafe(32)
@@ -106,21 +110,27 @@ class StackRunner:
         wait: bool = True,
         ready_path: str = "/healthz",
         timeout_s: float = 120.0,
+        port_offset: int = 0,
     ) -> RunningService:
+        """`name` as `instance`; with `port_var`, on the port that variable sets, else on a port of
+        `self.ports` (with stable ports: the service's default plus `port_offset`)."""
         key = instance or name
         env = self.service_env(extra_env)
         port = None
         if port_var:
-            port = int(env.get(port_var) or free_port())
+            port = int(env.get(port_var) or self.pick_port(key, name, port_var, port_offset))
             env[port_var] = str(port)
         argv = [sys.executable, "-m", "services.cli.main", "run", name]
         proc = ManagedProcess(key, argv, log_path=self.workdir / "logs" / f"{key}.log", env=env, cwd=ROOT)
         proc.start()
         if port is not None and wait:
             proc.wait_ready(lambda: _healthy(f"http://127.0.0.1:{port}{ready_path}"), timeout_s)
-        service = RunningService(key, proc, port)
+        service = RunningService(key, proc, port, name)
         self.services[key] = service
         return service
+
+    def pick_port(self, part: str, service: str, port_var: str, offset: int = 0) -> int:
+        return self.ports.pick(part, service_default_port(service, port_var) + offset)
 
     def start_watcher(
         self, extra_env: Mapping[str, str] | None = None, register: bool = True
@@ -135,8 +145,14 @@ class StackRunner:
     def start_gateway(self, replica: str, extra_env: Mapping[str, str] | None = None) -> RunningService:
         """One gateway replica on its own port; returns once it preloaded its models (/readyz)."""
         env = {"FLYWHEEL_REPLICA_ID": replica, **(extra_env or {})}
+        others = [s for key, s in self.services.items() if s.service == "gateway" and key != replica]
         return self.start_service(
-            "gateway", instance=replica, port_var="FLYWHEEL_GATEWAY_PORT", extra_env=env, ready_path="/readyz"
+            "gateway",
+            instance=replica,
+            port_var="FLYWHEEL_GATEWAY_PORT",
+            extra_env=env,
+            ready_path="/readyz",
+            port_offset=len(others),  # stable ports: 8080, 8081, …
         )
 
     def start_cache_invalidation(
@@ -161,7 +177,8 @@ class StackRunner:
 
     def start_canary(self, extra_env: Mapping[str, str] | None = None) -> RunningService:
         """The canary rollout worker with its control API (FLYWHEEL_CANARY_PORT) and dashboard."""
-        env = {"FLYWHEEL_CANARY_WEB_PORT": str(free_port()), **(extra_env or {})}
+        worker_port = self.pick_port("canary-rollout worker", "canary-rollout", "FLYWHEEL_CANARY_WEB_PORT")
+        env = {"FLYWHEEL_CANARY_WEB_PORT": str(worker_port), **(extra_env or {})}
         return self.start_service(
             "canary-rollout",
             instance="canary-rollout",

@@ -46,7 +46,16 @@ def test_flywheel_up_without_java_starts_tansu_and_publishes_alias_changes(
         "COLUMNS": "400",
     }
     out = tmp_path / "up.out"
-    argv = [sys.executable, "-m", "services.cli.main", "up", "--workdir", str(tmp_path / "up")]
+    # Ephemeral ports, as every test: `up`'s default ports (8080, …) would collide with parallel runs.
+    argv = [
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        "up",
+        "--workdir",
+        str(tmp_path / "up"),
+        "--ephemeral-ports",
+    ]
     with out.open("wb") as sink:
         proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -59,6 +68,9 @@ def test_flywheel_up_without_java_starts_tansu_and_publishes_alias_changes(
         assert "tansu, embedded client profile" in text and "no java on PATH" in text, text
         bootstrap = re.search(r"Kafka\s+│?\s*(127\.0\.0\.1:\d+): tansu", text)
         assert bootstrap, text
+        canary = re.search(r"canary-rollout\s+│?\s*(http://127\.0\.0\.1:\d+)", text)
+        assert canary and re.search(rf"console\s+│?\s*{canary.group(1)}/console", text), text
+        assert "taken →" not in text, text  # ephemeral ports are never "taken"
         endpoints = Endpoints(
             base_stack.mlflow_tracking_uri, bootstrap.group(1), base_stack.redis_url, "embedded"
         )

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,15 +365,20 @@ def start_kafka_cluster(
     heap_mb: int = HEAP_MB,
     extra_config: dict[str, str] | None = None,
     timeout_s: float = 120.0,
+    broker_ports: Sequence[int] = (),
 ) -> KafkaCluster:
-    """Start Apache Kafka: `nodes` KRaft nodes, each broker + controller, on free loopback ports."""
+    """Start Apache Kafka: `nodes` KRaft nodes, each broker + controller, on free loopback ports (the
+    first brokers on `broker_ports` when given)."""
     version = version or kafka_version(env)
     major = java_major()
     if major is None or major < MIN_JAVA_MAJOR:
         raise KafkaUnavailable(f"Apache Kafka needs java {MIN_JAVA_MAJOR}+ on PATH (found {major})")
     jars = resolve_jars(version, env)
     workdir.mkdir(parents=True, exist_ok=True)
-    members = [KafkaNode(i, free_port(), free_port(), workdir / f"node-{i}") for i in range(1, nodes + 1)]
+    ports = [*broker_ports, *(free_port() for _ in range(nodes - len(broker_ports)))]
+    members = [
+        KafkaNode(i, port, free_port(), workdir / f"node-{i}") for i, port in enumerate(ports[:nodes], 1)
+    ]
     cluster = KafkaCluster(version, jars, new_cluster_id(), members, heap_mb, dict(extra_config or {}))
     return cluster.start(timeout_s)
 

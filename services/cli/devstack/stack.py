@@ -30,6 +30,7 @@ from services.cli.devstack.kafka import (
     kafka_version,
     start_kafka_cluster,
 )
+from services.cli.devstack.ports import KAFKA_PORT, MLFLOW_PORT, REDIS_PORT, Ports
 from services.cli.devstack.process import ManagedProcess
 from services.cli.devstack.servers import start_mlflow, start_redis, start_tansu
 
@@ -94,11 +95,13 @@ class Stack:
         *,
         use_containers: bool = False,
         kafka_nodes: int = 1,
+        ports: Ports | None = None,
     ) -> None:
         self.workdir = workdir
         self.env = dict(os.environ if env is None else env)
         self.use_containers = use_containers and docker_available()
         self.kafka_nodes = kafka_nodes
+        self.ports = ports or Ports()
         self.processes: dict[str, ManagedProcess] = {}
         self.kafka_cluster: KafkaCluster | None = None
         self._containers: list[Any] = []
@@ -107,7 +110,7 @@ class Stack:
         started: list[str] = []
         mlflow_uri = self.env.get("MLFLOW_TRACKING_URI", "")
         if not mlflow_uri and need_mlflow:
-            proc, mlflow_uri = start_mlflow(self.workdir / "mlflow")
+            proc, mlflow_uri = start_mlflow(self.workdir / "mlflow", self.ports.pick("mlflow", MLFLOW_PORT))
             self.processes["mlflow"] = proc
             started.append("mlflow")
 
@@ -116,7 +119,7 @@ class Stack:
             redis_url = self._redis_container()
             started.append("redis (container)")
         if not redis_url:
-            proc, redis_url = start_redis(self.workdir / "redis")
+            proc, redis_url = start_redis(self.workdir / "redis", self.ports.pick("redis", REDIS_PORT))
             self.processes["redis"] = proc
             started.append("redis")
 
@@ -128,7 +131,10 @@ class Stack:
         if broker == "apache":
             try:
                 self.kafka_cluster = start_kafka_cluster(
-                    self.workdir / "kafka", self.kafka_nodes, env=self.env
+                    self.workdir / "kafka",
+                    self.kafka_nodes,
+                    env=self.env,
+                    broker_ports=[self.ports.pick("kafka", KAFKA_PORT)],
                 )
             except KafkaUnavailable as exc:
                 if self.env.get("FLYWHEEL_EMBEDDED_KAFKA", "auto") == "apache":
@@ -148,7 +154,7 @@ class Stack:
                 kafka_broker=f"apache-kafka {version}",
                 kafka_reason=reason,
             )
-        proc, bootstrap = start_tansu(self.workdir / "kafka")
+        proc, bootstrap = start_tansu(self.workdir / "kafka", self.ports.pick("kafka", KAFKA_PORT))
         self.processes["kafka"] = proc
         started.append("kafka (tansu)")
         return Endpoints(
