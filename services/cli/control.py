@@ -1,14 +1,14 @@
 """`flywheel status` and `flywheel rollout promote|abort MODEL`: operators' view and actions.
 
-Status reads what the services keep in Redis (alias resolution, rollouts, traffic splits, feedback
-summaries) and the aliases in MLflow, so it works without any service API being reachable. Rollout
+Status prints the console's `StatusReport` (services/shared/console/overview.py), read directly from
+Redis (aliases, fleet, rollouts, feedback) and Kafka (datasets, retraining runs), so it works without any
+service API being reachable and shows exactly what `/v1/status` answers. Rollout
 actions go through the canary service's control API (its in-memory state owns the rollout), with the
 admin token from FLYWHEEL_ADMIN_TOKEN.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
 import httpx
@@ -17,7 +17,9 @@ from pydantic import Field, SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from services.shared.redis_store import RedisKeys
+from services.shared.console.ledger import read_ledger
+from services.shared.console.overview import StatusReport, status_report
+from services.shared.kafka.history_reader import HistoryUnavailable
 from services.shared.settings import FlywheelSettings
 
 
@@ -45,58 +47,79 @@ def rollout_action(settings: ControlSettings, model: str, action: str, reason: s
     return cast(dict[str, Any], resp.json())
 
 
-def status_rows(settings: ControlSettings) -> list[dict[str, Any]]:
-    """One row per model known to Flywheel (resolution cache or rollouts)."""
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=3)
-    keys = RedisKeys(settings.redis_prefix)
-    models = set(cast(set[str], r.smembers(keys.resolution_models()))) | set(
-        cast(set[str], r.smembers(keys.rollout_models()))
-    )
-    rows = []
-    for model in sorted(m for m in models if settings.watches(m)):
-        resolution = {
-            alias: json.loads(value).get("version")
-            for alias, value in cast(dict[str, str], r.hgetall(keys.resolution(model))).items()
-        }
-        state = r.get(keys.rollout_state(model))
-        saved = (json.loads(cast(str, state)) or {}) if state else {}
-        rollout, watch = saved.get("rollout"), saved.get("watch")
-        split = r.get(keys.traffic_split(model))
-        rows.append(
-            {
-                "model": model,
-                "aliases": {a: v for a, v in resolution.items() if v is not None},
-                "rollout": rollout,
-                "watch": {"version": watch["rollout"]["challenger_version"], "until": watch["until"]}
-                if watch
-                else None,
-                "traffic_split": json.loads(cast(str, split)) if split else None,
-            }
-        )
-    return rows
+def read_status(settings: ControlSettings) -> StatusReport:
+    """What the console's /v1/status answers, read here directly: Redis for the live state, Kafka for
+    datasets and retraining runs (reported as missing, not fatal, when Kafka cannot be read)."""
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=3)
+    try:
+        ledgers, error = read_ledger(settings, None, links=False), None
+    except HistoryUnavailable as exc:
+        ledgers, error = None, str(exc)
+    return status_report(client, settings, ledgers, error)
 
 
-def print_status(rows: list[dict[str, Any]], console: Console) -> None:
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.0%}"
+
+
+def print_status(report: StatusReport, console: Console) -> None:
     table = Table(title="Flywheel status")
-    for column in ("model", "aliases", "rollout", "step / weight", "challenger req / err / up"):
+    for column in ("model", "aliases", "replicas", "rollout", "step / weight", "challenger req / err / up"):
         table.add_column(column)
-    for row in rows:
-        rollout = row["rollout"]
+    table.add_column("feedback: ratings / up")
+    table.add_column("dataset / retraining")
+    for row in report.models:
+        rollout = row.rollout
         if rollout:
-            totals = rollout.get("challenger_total") or {}
+            totals = rollout.totals.get("challenger", {})
             up, down = totals.get("thumbs_up", 0), totals.get("thumbs_down", 0)
-            rate = f"{up / (up + down):.0%}" if up + down else "-"
-            rollout_cell = (
-                f"{rollout['status']} v{rollout['challenger_version']} vs v{rollout['champion_version']}"
+            rollout_cell = f"{rollout.status} v{rollout.challenger_version} vs v{rollout.champion_version}"
+            step_cell = (
+                "shadow step · 0%"
+                if rollout.shadow
+                else f"{rollout.step + 1}/{rollout.steps} · {rollout.weight:g}%"
             )
-            step_cell = f"{rollout['step'] + 1}/{len(rollout['policy']['weights'])} · {rollout['weight']:g}%"
-            if rollout.get("shadow"):
-                step_cell = "shadow step · 0%"
+            rate = _pct(up / (up + down) if up + down else None)
             totals_cell = f"{totals.get('requests', 0)} / {totals.get('errors', 0)} / {rate}"
         else:
             rollout_cell, step_cell, totals_cell = "-", "-", "-"
-        if row.get("watch"):
-            rollout_cell += f"; watching v{row['watch']['version']} until {row['watch']['until'][11:19]}"
-        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(row["aliases"].items())) or "-"
-        table.add_row(row["model"], aliases, rollout_cell, step_cell, totals_cell)
+        if row.watch:
+            rollout_cell += f"; watching v{row.watch.version} until {row.watch.until[11:19]}"
+        aliases = ", ".join(f"{a}=v{v}" for a, v in row.aliases.items()) or "-"
+        stale = [
+            r for r, served in row.replicas.items() if any(row.aliases.get(a) != v for a, v in served.items())
+        ]
+        replicas = f"{len(row.replicas)}" + (f" ([red]{len(stale)} behind[/])" if stale else "")
+        fb = row.feedback["totals"] if row.feedback else None
+        feedback_cell = f"{fb['thumbs_up'] + fb['thumbs_down']} / {_pct(fb['thumbs_up_rate'])}" if fb else "-"
+        ds, rt = row.latest_dataset, row.latest_retraining
+        ledger_cell = f"{f'v{ds.dataset_version} ({ds.rows} rows)' if ds else '-'} / " + (
+            f"{rt.outcome}{f' v{rt.version}' if rt.version else ''}" if rt else "-"
+        )
+        table.add_row(
+            row.model, aliases, replicas, rollout_cell, step_cell, totals_cell, feedback_cell, ledger_cell
+        )
     console.print(table)
+    fleet = Table(title="Gateway fleet")
+    for column in ("replica", "state", "serving", "last swap", "swaps / failed loads", "reload errors"):
+        fleet.add_column(column)
+    for replica in report.fleet:
+        serving = ", ".join(f"{s.model}@{s.alias}=v{s.version}" for s in replica.serving) or "-"
+        swap = replica.last_swap
+        swap_cell = (
+            f"{swap.model}@{swap.alias} v{swap.previous_version} -> v{swap.version} at {swap.at:%H:%M:%S}"
+            if swap
+            else "-"
+        )
+        errors = "; ".join(f"{e.model}@{e.alias}: {e.message}" for e in replica.reload_errors) or "none"
+        fleet.add_row(
+            replica.replica,
+            "ready" if replica.ready else "preloading",
+            serving,
+            swap_cell,
+            f"{replica.swaps} / {replica.failed_loads}",
+            errors,
+        )
+    console.print(fleet)
+    if report.ledger_error:
+        console.print(f"[yellow]datasets and retraining runs unavailable: {report.ledger_error}")

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from events import FEEDBACK_RECORDED, INFERENCES
+from services.gateway.adapters.fleet_heartbeat import FleetHeartbeat
 from services.gateway.adapters.inference_events import InferenceEmitter
 from services.gateway.adapters.mlflow_feedback import FeedbackService
 from services.gateway.adapters.model_loader import (
@@ -87,6 +88,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         linger_ms=settings.inference_linger_ms,
     )
     router = TrafficRouter(redis, keys)
+    started = asyncio.Event()
     tracer = PredictionTracer(
         settings.mlflow_tracking_uri, settings.trace_experiment, enabled=settings.tracing_enabled
     )
@@ -107,7 +109,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         request_log=RequestLog(redis, keys, settings.request_log_ttl_s),
         feedback=FeedbackService(settings.mlflow_tracking_uri),
         tokens=settings.feedback_tokens(),
-        started=asyncio.Event(),
+        started=started,
         shadow=ShadowMirror(
             router,
             table,
@@ -115,6 +117,9 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
             replica=settings.replica_name(),
             challenger_alias=settings.challenger_alias,
             max_in_flight=settings.shadow_max_in_flight,
+        ),
+        heartbeat=FleetHeartbeat(
+            redis, keys, settings.replica_name(), settings.replica_url(), table, reloader, started
         ),
     )
 
@@ -132,6 +137,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
         await run_in_threadpool(gw.tracer.prepare)
         gw.emitter.start()
         gw.listener.start()
+        gw.heartbeat.start()  # reports "not ready" while preloading
         # Preload before declaring readiness: wait for the first reconciliation's loads (bounded).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(gw.listener.subscribed.wait(), timeout=5.0)
@@ -142,6 +148,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
         try:
             yield
         finally:
+            await gw.heartbeat.stop()
             await gw.listener.stop()
             await gw.reloader.close()
             await run_in_threadpool(gw.emitter.stop)

@@ -15,11 +15,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from services.gateway import metrics
 from services.gateway.adapters.model_loader import LoadedModel
 from services.gateway.domain.model_manager import ModelManager, ModelRef
 from services.gateway.domain.serving_table import ServingTable
+from services.shared.fleet import ReloadError, Swap
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ class Reloader:
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._changed: dict[Key, asyncio.Event] = {}
         self.last_error: dict[Key, str] = {}
+        # What the replica reports in its fleet heartbeat (services.shared.fleet).
+        self.swaps = 0
+        self.failed_loads = 0
+        self.last_swap: Swap | None = None
 
     def wanted(self, model: str, alias: str) -> str | None:
         return self._wanted.get((model, alias))
@@ -97,6 +103,7 @@ class Reloader:
                     loaded = await asyncio.to_thread(self._manager.load, ModelRef(model, version=target))
                 except Exception as exc:
                     metrics.RELOADS.labels(model, "failed").inc()
+                    self.failed_loads += 1
                     self.last_error[key] = f"loading {model} version {target} failed: {exc}"
                     log.warning(
                         "preload of %s version %s for alias %s failed (%s); still serving %s; retry in %.1fs",
@@ -122,6 +129,15 @@ class Reloader:
                 previous = self._table.swap(model, alias, loaded)
                 self.last_error.pop(key, None)
                 metrics.RELOADS.labels(model, "swapped").inc()
+                self.swaps += 1
+                self.last_swap = Swap(
+                    model=model,
+                    alias=alias,
+                    version=loaded.version,
+                    previous_version=previous.version if previous else None,
+                    at=datetime.now(UTC),
+                    load_seconds=time.perf_counter() - started,
+                )
                 metrics.RELOAD_SECONDS.labels(model).observe(time.perf_counter() - started)
                 _set_version_gauge(model, alias, loaded.version)
                 log.info(
@@ -137,6 +153,13 @@ class Reloader:
         finally:
             if self._tasks.get(key) is asyncio.current_task():
                 del self._tasks[key]
+
+    def errors(self) -> list[ReloadError]:
+        """Aliases whose wanted version failed to load (the old version keeps serving meanwhile)."""
+        return [
+            ReloadError(model=m, alias=a, wanted_version=self._wanted.get((m, a)), message=msg)
+            for (m, a), msg in sorted(self.last_error.items())
+        ]
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):

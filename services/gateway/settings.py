@@ -17,6 +17,11 @@ class GatewaySettings(FlywheelSettings):
     replica_id: str | None = Field(
         default=None, description="Name of this replica in events and metrics; default host:port."
     )
+    advertised_url: str | None = Field(
+        default=None,
+        description="URL the fleet view shows for this replica; default http://host:port when the host is "
+        "not a wildcard address.",
+    )
     model_cache_size: int = count_field(8, "Loaded model versions kept per replica.")
     model_ttl_s: float | None = Field(
         default=None, gt=0, description="Reload loaded versions after this age; unset = never."
@@ -73,6 +78,12 @@ class GatewaySettings(FlywheelSettings):
         if self.feedback_secret is None:
             return None
         return FeedbackTokens(self.feedback_secret.get_secret_value().encode(), self.request_log_ttl_s)
+
+    def replica_url(self) -> str | None:
+        if self.advertised_url:
+            return self.advertised_url
+        wildcard = self.gateway_host in ("0.0.0.0", "::", "")
+        return None if wildcard else f"http://{self.gateway_host}:{self.gateway_port}"
 
     def replica_name(self) -> str:
         return self.replica_id or f"{socket.gethostname()}:{self.gateway_port}"

@@ -76,6 +76,14 @@ class RedisKeys:
     def reload_channel(self) -> str:
         return f"{self.prefix}:reload"
 
+    def fleet_replicas(self) -> str:
+        """Sorted set of gateway replicas by last heartbeat (services.shared.fleet)."""
+        return f"{self.prefix}:fleet:replicas"
+
+    def fleet_replica(self, replica: str) -> str:
+        """ReplicaStatus JSON of one gateway replica, with a time to live (services.shared.fleet)."""
+        return f"{self.prefix}:fleet:replica:{replica}"
+
     def traffic_split(self, model: str) -> str:
         """TrafficSplit JSON of the model's canary rollout (services.shared.traffic)."""
         return f"{self.prefix}:traffic:{model}"

@@ -73,11 +73,19 @@ class FlywheelSettings(BaseSettings):
         default_factory=list, description="Registered models to watch (comma-separated); empty = all."
     )
     log_level: str = Field(default="INFO")
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="MLflow UI that the console links to; default the tracking URI when it is http(s).",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
     def _models_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    def mlflow_ui(self) -> str | None:
+        url = self.mlflow_ui_url or self.mlflow_tracking_uri
+        return redact_url(url).rstrip("/") if url.startswith(("http://", "https://")) else None
 
     def watches(self, model: str) -> bool:
         return not self.models or model in self.models

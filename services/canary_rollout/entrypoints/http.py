@@ -1,4 +1,5 @@
-"""Control API and dashboard of the canary rollout service (DESIGN.md "canary control").
+"""Control API of the canary rollout service (DESIGN.md "canary control"), with the public read API and
+the operator console mounted beside it (`services/shared/console/`).
 
 Reads are open; admin actions (promote, abort, pause, resume) need `Authorization: Bearer
 $FLYWHEEL_ADMIN_TOKEN` (401 without or with a wrong token; 403 while no token is configured, so an
@@ -10,16 +11,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from services.canary_rollout.domain import InvalidTransition
 from services.canary_rollout.handlers import ADMIN_ACTIONS, RolloutService
 from services.shared import http_json
+from services.shared.console.api import mount_console
 from services.shared.history_api import history_router
 from services.shared.http_ops import add_ops_routes
 from services.shared.identifiers import ModelName
@@ -109,9 +110,11 @@ def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True
     settings = service.settings
     app.include_router(history_router(settings.kafka_bootstrap_servers, settings.kafka_profile))
 
-    @app.get("/rollouts", response_class=HTMLResponse, tags=["canary"])
-    async def dashboard() -> HTMLResponse:
-        html = resources.files("services.canary_rollout").joinpath("templates/dashboard.html").read_text()
-        return HTMLResponse(html)
+    mount_console(app, settings)
+
+    @app.get("/rollouts", include_in_schema=False)
+    async def dashboard() -> RedirectResponse:
+        """The former rollout page; the console shows rollouts with everything around them."""
+        return RedirectResponse("/console")
 
     return app

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from services.gateway.adapters.fleet_heartbeat import FleetHeartbeat
 from services.gateway.adapters.inference_events import InferenceEmitter
 from services.gateway.adapters.mlflow_feedback import FeedbackService
 from services.gateway.adapters.model_loader import LoadedModel, MlflowModelLoader
@@ -48,6 +49,7 @@ class Gateway:
     tokens: FeedbackTokens | None
     started: asyncio.Event
     shadow: ShadowMirror
+    heartbeat: FleetHeartbeat
 
 
 def get_gateway(request: Request) -> Gateway:

@@ -28,13 +28,15 @@ class HistoryUnavailable(RuntimeError):
 
 def read_events(
     bootstrap_servers: str,
-    model: str,
+    model: str | None,
     since: datetime | None = None,
     *,
     profile: str = "standard",
     timeout_s: float = 10.0,
+    topics: tuple[str, ...] = HISTORY_TOPICS,
 ) -> list[Event]:
-    """The model's events on the history topics from `since` on (all of them without `since`)."""
+    """The model's events (every model's with None) on `topics` (the history topics by default) from
+    `since` on (all of them without `since`), in topic and partition order."""
     tuning = profile_named(profile).kafka_python_consumer
     extra = {k: v for k, v in tuning.items() if k == "fetch_max_wait_ms"}
     try:
@@ -49,16 +51,22 @@ def read_events(
     except Exception as exc:
         raise HistoryUnavailable(f"Kafka unreachable: {exc!r}") from exc
     try:
-        return _read(consumer, model, since, timeout_s)
+        return _read(consumer, topics, model, since, timeout_s)
     except KafkaError as exc:  # a broker lost mid-read: the history exists, it cannot be read now
         raise HistoryUnavailable(f"Kafka read failed: {exc!r}") from exc
     finally:
         consumer.close()
 
 
-def _read(consumer: KafkaConsumer, model: str, since: datetime | None, timeout_s: float) -> list[Event]:
+def _read(
+    consumer: KafkaConsumer,
+    topics: tuple[str, ...],
+    model: str | None,
+    since: datetime | None,
+    timeout_s: float,
+) -> list[Event]:
     partitions = []
-    for topic in HISTORY_TOPICS:
+    for topic in topics:
         for p in sorted(consumer.partitions_for_topic(topic) or ()):
             partitions.append(TopicPartition(topic, p))
     if not partitions:
@@ -74,7 +82,7 @@ def _read(consumer: KafkaConsumer, model: str, since: datetime | None, timeout_s
             found = starts.get(tp)
             consumer.seek(tp, found.offset if found is not None else end[tp])
     remaining = {tp for tp in partitions if consumer.position(tp) < end[tp]}
-    key = model.encode("utf-8")
+    key = model.encode("utf-8") if model is not None else None
     events: list[Event] = []
     deadline = time.monotonic() + timeout_s
     while remaining:
@@ -85,7 +93,7 @@ def _read(consumer: KafkaConsumer, model: str, since: datetime | None, timeout_s
                 if record.offset >= end[tp]:
                     continue
                 # Unreadable messages are counted by the topics' consumers; the history skips them.
-                if record.key == key:
+                if key is None or record.key == key:
                     with contextlib.suppress(EventDecodeError):
                         events.append(decode(record.value))
         remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
