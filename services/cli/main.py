@@ -69,20 +69,19 @@ def rollout_abort(
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")) -> None:
-    """Aliases, rollouts and traffic splits of every model Flywheel knows (from Redis)."""
-    import json
-
-    from services.cli.control import ControlSettings, print_status, status_rows
+    """Every model (aliases, replicas, rollout, feedback, datasets, retraining) and the gateway fleet:
+    what the console and GET /v1/status show."""
+    from services.cli.control import ControlSettings, print_status, read_status
 
     try:
-        rows = status_rows(ControlSettings())
+        report = read_status(ControlSettings())
     except Exception as exc:
         console.print(f"[red]cannot read Flywheel state: {exc}")
         raise typer.Exit(1) from None
     if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+        typer.echo(report.model_dump_json(indent=2))
     else:
-        print_status(rows, Console())
+        print_status(report, Console(width=max(Console().width, 160)))
 
 
 @app.command()
