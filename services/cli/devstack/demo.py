@@ -13,6 +13,7 @@ champion back. Act 3, the feedback loop: feedback becomes a dataset, a retrainin
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +27,12 @@ from rich.table import Table
 from benchmarks.common import TopicFollower
 from events import RETRAINING_FINISHED, RetrainingFinished
 from services.cli.devstack.demo_traffic import TrafficClient, wait_until_serving
+from services.cli.devstack.narrative import story_only
 from services.cli.devstack.sample_models import register_broken_version, register_wine_version, wine_data
 from services.cli.stack_runner import WORKER_PORT_VARS, RunningService, StackRunner
 
 console = Console()
+log = logging.getLogger(__name__)
 
 
 def act_hot_reload(runner: StackRunner, tracking_uri: str, model: str) -> tuple[bool, dict[str, Any]]:
@@ -366,6 +369,24 @@ def act_feedback_loop(
 
 
 def run_demo(workdir: Path) -> int:
+    """The three acts; the terminal shows their story, everything else goes to `workdir`/logs."""
+    logs = workdir / "logs"
+    with story_only(console, logs / "demo.log", "demo"):
+        try:
+            ok = _run_acts(workdir)
+        except Exception as exc:  # a service that does not start, a server that goes away
+            log.exception("demo stopped")
+            console.print(f"[red]demo stopped: {str(exc).splitlines()[0]}")
+            ok = False
+    console.rule("[bold green]demo passed" if ok else "[bold red]demo FAILED")
+    console.print(
+        f"logs: {logs} (demo.log: this process, with MLflow's and the libraries' output; one file per "
+        f"service); embedded servers' logs under {workdir}"
+    )
+    return 0 if ok else 1
+
+
+def _run_acts(workdir: Path) -> bool:
     model = f"wine_demo_{int(time.time())}"
     with StackRunner(workdir) as runner:
         endpoints = runner.start_infrastructure()
@@ -378,5 +399,4 @@ def run_demo(workdir: Path) -> int:
             ok = act_canary(runner, endpoints.mlflow_tracking_uri, model, facts["replicas"])
         if ok:
             ok = act_feedback_loop(runner, endpoints.mlflow_tracking_uri, model, facts["replicas"])
-    console.rule("[bold green]demo passed" if ok else "[bold red]demo FAILED")
-    return 0 if ok else 1
+    return ok
