@@ -221,7 +221,7 @@ async def _predict(
     latency_ms = (time.perf_counter() - started) * 1000
     status = "ok" if error is None else "error"
     metrics.REQUESTS.labels(name, target.loaded.version, target.variant, status).inc()
-    metrics.LATENCY.labels(name).observe(latency_ms / 1000)
+    metrics.LATENCY.labels(name, target.variant).observe(latency_ms / 1000)
     event = inference_event(gw, name, target, body, request_id, trace_id, outputs, error, latency_ms)
     gw.emitter.emit(event)
     if error is not None:

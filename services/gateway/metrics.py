@@ -9,8 +9,8 @@ REQUESTS = Counter(
 )
 LATENCY = Histogram(
     "flywheel_gateway_request_seconds",
-    "Prediction latency (model call, tracing and event hand-off)",
-    ["model"],
+    "Prediction latency (model call, tracing and event hand-off), by the variant that answered",
+    ["model", "variant"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 REJECTED = Counter("flywheel_gateway_rejected_total", "Requests refused before the model ran", ["reason"])

@@ -275,7 +275,7 @@ def test_declarations_are_found() -> None:
     series = declared_series()
     assert series["flywheel_consumer_lag_messages"].labels == {"worker", "topic", "partition"}
     assert series["flywheel_gateway_requests_total"].labels == {"model", "version", "variant", "status"}
-    assert series["flywheel_gateway_request_seconds_bucket"].labels == {"model", "le"}
+    assert series["flywheel_gateway_request_seconds_bucket"].labels == {"model", "variant", "le"}
     assert len({s.where for s in series.values()}) >= 50
 
 
@@ -335,12 +335,12 @@ def test_promql_reader_catches_mistakes() -> None:
     series = declared_series()
     usage = Usage()
     expr = (
-        'sum by (variant, le) (rate(flywheel_gateway_request_seconds_bucket{model=~"$m"}[$__rate_interval]))'
+        'sum by (replica, le) (rate(flywheel_gateway_request_seconds_bucket{model=~"$m"}[$__rate_interval]))'
     )
     analyse(parse(expr), usage)
     [(labels, metrics)] = usage.label_lists
     assert metrics == {"flywheel_gateway_request_seconds_bucket"} and variables(expr) == {"m"}
-    assert check_labels("q", "flywheel_gateway_request_seconds_bucket", labels, series)  # no variant label
+    assert check_labels("q", "flywheel_gateway_request_seconds_bucket", labels, series)  # no replica label
     usage = Usage()
     analyse(
         parse("sum(rate(flywheel_gateway_requests[5m])) / on (model) flywheel_canary_weight_percent"), usage

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from services.canary_rollout.domain import InvalidTransition
 from services.canary_rollout.handlers import ADMIN_ACTIONS, RolloutService
 from services.shared import http_json
-from services.shared.console.api import mount_console
+from services.shared.console.api import Limit, Offset, Page, mount_console, page_of
 from services.shared.history_api import history_router
 from services.shared.http_ops import add_ops_routes
 from services.shared.identifiers import ModelName
@@ -76,6 +76,30 @@ def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True
         view["traffic_split"] = split.model_dump(mode="json") if split else None
         view["decided_here"] = service.owns(model)  # this instance owns the model's partition now
         return view
+
+    @app.get(
+        "/v1/rollouts/{model}/decisions",
+        tags=["canary"],
+        response_model=Page[dict[str, Any]],
+        responses={404: {"description": "No decision recorded for the model."}},
+    )
+    async def list_decisions(
+        model: ModelName,
+        rollout_id: Annotated[str | None, Query(max_length=128, description="Only this rollout's.")] = None,
+        offset: Offset = 0,
+        limit: Limit = 50,
+    ) -> Page[dict[str, Any]]:
+        """The model's decisions across rollouts, newest first, each with the evidence it was based on
+        (the last 500 per model are kept; the Kafka record and /history hold all of them)."""
+        decisions = await service.store.decisions(model)
+        if not decisions:
+            raise HTTPException(404, detail=f"no decisions recorded for model {model!r}")
+        found = [
+            d.model_dump(mode="json")
+            for d in reversed(decisions)
+            if rollout_id is None or d.rollout_id == rollout_id
+        ]
+        return page_of(found, offset, limit)
 
     @admin.post(
         "/v1/rollouts/{model}/{action}",
