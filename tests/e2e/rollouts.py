@@ -66,6 +66,7 @@ def rollout_pipeline(stack: Endpoints, workdir: Path, workers: Sequence[str] = (
         "FLYWHEEL_RECONCILE_INTERVAL_S": "1",
         "FLYWHEEL_TRACING_ENABLED": "false",
         "FLYWHEEL_ADMIN_TOKEN": TOKEN,
+        "FLYWHEEL_FEEDBACK_SECRET": "e2e-feedback-secret",
         **POLICY_ENV,
     }
     runner = StackRunner.attach(workdir / unique("canary"), stack, env)
@@ -82,9 +83,12 @@ def rollout_pipeline(stack: Endpoints, workdir: Path, workers: Sequence[str] = (
 class Users(Background):
     """Simulated users sending held-out samples to both replicas, each request as a distinct user."""
 
-    def __init__(self, gateways: list[RunningService], model: str, *, distinct: bool = True) -> None:
+    def __init__(
+        self, gateways: list[RunningService], model: str, *, distinct: bool = True, rate_every: int = 0
+    ) -> None:
+        """`rate_every=n`: every n-th answer is rated thumbs up by its user (needs FEEDBACK_SECRET)."""
         super().__init__(4)
-        self.gateways, self.model, self.distinct = gateways, model, distinct
+        self.gateways, self.model, self.distinct, self.rate_every = gateways, model, distinct, rate_every
         self.responses: list[tuple[str, int, str | None, str | None]] = []
         self._counter = itertools.count()
 
@@ -100,6 +104,16 @@ class Users(Background):
                 )
                 body = resp.json() if resp.status_code == 200 else {}
                 self.responses.append((user, resp.status_code, body.get("variant"), body.get("version")))
+                if self.rate_every and body.get("feedback_token") and i % self.rate_every == 0:
+                    client.post(
+                        f"{gateway.url}/v1/feedback",
+                        json={
+                            "request_id": body["request_id"],
+                            "user_id": user,
+                            "rating": "thumbs_up",
+                            "feedback_token": body["feedback_token"],
+                        },
+                    )
                 time.sleep(0.01)
 
 

@@ -124,7 +124,7 @@ def test_console_shows_a_rollout_progressing_and_admin_actions_need_the_token(
     page, expect = browser_page, playwright_api.expect
     name = model("weak", "strong")
     publish_ledger(stack, name)
-    with Users(pipeline.gateways, name) as users:
+    with Users(pipeline.gateways, name, rate_every=3) as users:
         mlflow_client.set_registered_model_alias(name, "challenger", "2")
         wait_for(lambda: pipeline.rollout(name), 60, "rollout started")
 
@@ -147,6 +147,8 @@ def test_console_shows_a_rollout_progressing_and_admin_actions_need_the_token(
         )
         expect(page.locator("table.replicas tbody tr")).to_have_count(2)
         expect(page.locator("table.feedback tr[data-version='1']")).to_be_visible(timeout=60_000)
+        thumbs_up = page.locator("table.feedback tr[data-version='1'] td").nth(3)
+        expect(thumbs_up).not_to_have_text("0", timeout=60_000)  # ratings reach the summary
         expect(page.locator("table.datasets")).to_contain_text("120")
         expect(page.locator("table.retraining")).to_contain_text("gates_failed")
         expect(page.locator("table.retraining .gate-fail")).to_contain_text("accuracy")
