@@ -18,12 +18,17 @@ SETTINGS = FlywheelSettings(mlflow_tracking_uri="http://mlflow:5000")
 
 def dataset(model: str, version: int, at: datetime) -> DatasetPublished:
     return DatasetPublished(
-        producer="t", model=model, dataset_name=f"{model}-feedback", dataset_version=version, run_id=RUN,
-        artifact_uri=f"mlflow-artifacts:/4/{RUN}/artifacts/dataset", manifest_sha256="c" * 64,
+        producer="t",
+        model=model,
+        dataset_name=f"{model}-feedback",
+        dataset_version=version,
+        run_id=RUN,
+        artifact_uri=f"mlflow-artifacts:/4/{RUN}/artifacts/dataset",
+        manifest_sha256="c" * 64,
         rows=10 * version,
         files=[DatasetFile(path="d.parquet", format="parquet", sha256="a" * 64, size_bytes=1, rows=10)],
         occurred_at=at,
-    )  # fmt: skip
+    )
 
 
 def test_requests_and_outcomes_join_into_runs_newest_first_per_model() -> None:
@@ -32,10 +37,14 @@ def test_requests_and_outcomes_join_into_runs_newest_first_per_model() -> None:
         producer="t", model="m", reason="thumbs_down_rate", occurred_at=T0 + timedelta(minutes=5)
     )
     done = RetrainingFinished(
-        producer="t", model="m", request_event_id=first.event_id, outcome="challenger", version="3",
+        producer="t",
+        model="m",
+        request_event_id=first.event_id,
+        outcome="challenger",
+        version="3",
         gates=[GateOutcome(name="accuracy", passed=True, value=0.95, threshold=0.9)],
         occurred_at=T0 + timedelta(minutes=1),
-    )  # fmt: skip
+    )
     other = RetrainingRequested(producer="t", model="other", reason="manual", occurred_at=T0)
     events = [done, dataset("m", 1, T0), first, dataset("m", 2, T0 + timedelta(hours=1)), second, other]
 
@@ -70,3 +79,65 @@ def test_pages_cover_the_list_once() -> None:
     last = page_of(items, 6, 3)
     assert (last.items, last.next_offset) == ([6], None)
     assert page_of(items, 10, 3).items == []
+
+
+def test_status_table_shows_a_replica_behind_the_registry_and_the_ledger() -> None:
+    from rich.console import Console
+
+    from services.cli.control import print_status
+    from services.shared.console.ledger import RetrainingRun
+    from services.shared.console.overview import ModelOverview, RolloutBrief, StatusReport
+    from services.shared.fleet import ReplicaStatus, ServedAlias
+
+    ledger = build_ledger([dataset("m", 3, T0)], SETTINGS, links=False)["m"]
+    report = StatusReport(
+        models=[
+            ModelOverview(
+                model="m",
+                aliases={"champion": "2", "challenger": "3"},
+                replicas={"g1": {"champion": "2"}, "g2": {"champion": "1"}},
+                rollout=RolloutBrief(
+                    rollout_id="r",
+                    status="progressing",
+                    champion_version="2",
+                    challenger_version="3",
+                    step=1,
+                    steps=3,
+                    weight=50,
+                    shadow=False,
+                    totals={"challenger": {"requests": 40, "errors": 1, "thumbs_up": 3, "thumbs_down": 1}},
+                ),
+                feedback={"totals": {"thumbs_up": 8, "thumbs_down": 2, "thumbs_up_rate": 0.8}},
+                latest_dataset=ledger.datasets[0],
+                latest_retraining=RetrainingRun(
+                    model="m",
+                    request_event_id="e",
+                    requested_at=T0,
+                    reason="manual",
+                    trigger_metrics={},
+                    base_version="2",
+                    dataset_name=None,
+                    dataset_version=None,
+                    outcome="challenger",
+                    version="3",
+                ),
+            )
+        ],
+        fleet=[
+            ReplicaStatus(
+                replica="g2",
+                started_at=T0,
+                heartbeat_at=T0,
+                ready=True,
+                serving=[ServedAlias(model="m", alias="champion", version="1", since=T0)],
+            )
+        ],
+        ledger_error=None,
+    )
+    console = Console(record=True, width=250)
+    print_status(report, console)
+    text = console.export_text()
+    assert "2 (1 behind)" in text  # g2 still serves v1 while the registry says v2
+    assert "progressing v3 vs v2" in text and "2/3 · 50%" in text and "40 / 1 / 75%" in text
+    assert "10 / 80%" in text and "v3 (30 rows)" in text and "challenger v3" in text
+    assert "m@champion=v1" in text and "ready" in text
