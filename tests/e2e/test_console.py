@@ -172,6 +172,9 @@ def test_console_shows_a_rollout_progressing_and_admin_actions_need_the_token(
         expect(page.locator(".rollout[data-status=promoted]")).to_be_visible()
     wait_for(lambda: alias(mlflow_client, name, "champion") == "2", 30, "promotion from the console")
     expect(page.locator("ol.timeline")).to_contain_text("console", timeout=30_000)  # who moved it
+    # Both replicas hot-reloaded: the fleet shows them serving v2 as champion, none behind the registry.
+    expect(page.locator("table.replicas td.bad")).to_have_count(0, timeout=30_000)
+    expect(page.locator("table.replicas tbody tr", has_text="v2")).to_have_count(2)
     shot(page, "05-promoted")
     assert all(status == 200 for _, status, _, _ in users.responses)
 

@@ -1,7 +1,8 @@
-"""Reports this replica to the fleet (`services.shared.fleet`): every `FLEET_TTL_S / 3` seconds, what it
-serves per alias, since when, the reloads that fail, and its last swap, written to Redis with a time to
-live. The console and `flywheel status` read it; nothing in the serving path waits for it, and a Redis
-outage only makes the replica drop out of the fleet view until Redis is back.
+"""Reports this replica to the fleet (`services.shared.fleet`): every `FLEET_TTL_S / 3` seconds and right
+after a swap or a failed load, what it serves per alias, since when, the reloads that fail, and its last
+swap, written to Redis with a time to live. The console and `flywheel status` read it; nothing in the
+serving path waits for it, and a Redis outage only makes the replica drop out of the fleet view until
+Redis is back.
 """
 
 from __future__ import annotations
@@ -72,16 +73,20 @@ class FleetHeartbeat:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="fleet heartbeat")
 
     async def _run(self) -> None:
-        failing = False
+        """Beat every `FLEET_TTL_S / 3`, and within half a second of a swap or a failed load (the
+        console shows a new version as soon as the replica serves it)."""
+        failing, reported, last = False, (-1, -1), 0.0
         while True:
-            try:
-                await self.beat()
-                failing = False
-            except Exception as exc:  # Redis away: the replica serves on and reports again later
-                if not failing:
-                    log.warning("fleet heartbeat failed (%s); retrying every %.0f s", exc, FLEET_TTL_S / 3)
-                failing = True
-            await asyncio.sleep(FLEET_TTL_S / 3)
+            changes = (self._reloader.swaps, self._reloader.failed_loads)
+            if changes != reported or time.monotonic() - last >= FLEET_TTL_S / 3:
+                try:
+                    await self.beat()
+                    failing, reported, last = False, changes, time.monotonic()
+                except Exception as exc:  # Redis away: the replica serves on and reports again later
+                    if not failing:
+                        log.warning("fleet heartbeat failed (%s); retrying", exc)
+                    failing, last = True, time.monotonic()
+            await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
         """Stop reporting and leave the fleet at once (a clean shutdown is not a lost replica)."""
