@@ -29,6 +29,7 @@ from services.gateway.domain.model_manager import ModelRef
 from services.gateway.domain.outputs import check_correction
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.schemas import FeedbackRequest
+from services.shared.carry import carry
 from services.shared.kafka.publisher import PublishError
 
 log = logging.getLogger(__name__)
@@ -57,22 +58,15 @@ async def record_feedback(gw: Gateway, body: FeedbackRequest) -> dict[str, Any]:
     except (RedisError, OSError) as exc:
         raise HTTPException(503, detail=f"feedback store unavailable: {exc}") from exc
     try:
-        event = FeedbackRecorded(
+        event = carry(
+            request,
+            FeedbackRecorded,
             producer=f"gateway/{gw.replica}",
             feedback_id=feedback_id,
-            model=request.model,
-            version=request.version,
-            variant=request.variant,
-            rollout_id=request.rollout_id,
-            request_id=request.request_id,
-            trace_id=request.trace_id,
             rating=body.rating,
             corrected_output=body.corrected_output,
             comment=body.comment,
             user_id=body.user_id,
-            inputs=request.inputs,
-            outputs=request.outputs,
-            served_at=request.served_at,
         )
         if gw.publisher is None:
             raise PublishError("inference/feedback events are disabled on this gateway")

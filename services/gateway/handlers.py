@@ -39,6 +39,7 @@ from services.gateway.domain.model_manager import ModelRef
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.schemas import PredictRequest, PredictResponse
 from services.gateway.shadow import MirroredRequest
+from services.shared.carry import carry
 from services.shared.resolution import ResolutionReader
 
 log = logging.getLogger(__name__)
@@ -186,18 +187,7 @@ def inference_event(
 
 def served_request(event: InferenceRecorded) -> ServedRequest:
     """What feedback on this prediction will need, for the request log."""
-    return ServedRequest(
-        request_id=event.request_id,
-        model=event.model,
-        version=event.version,
-        variant=event.variant,
-        rollout_id=event.rollout_id,
-        trace_id=event.trace_id,
-        user_id=event.user_id,
-        inputs=event.inputs,
-        outputs=event.outputs,
-        served_at=event.occurred_at,
-    )
+    return carry(event, ServedRequest, served_at=event.occurred_at)
 
 
 async def predict(

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from services.gateway import metrics
@@ -36,13 +35,11 @@ class Reloader:
         *,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
-        on_swap: Callable[[str, str, LoadedModel, LoadedModel | None], None] | None = None,
     ) -> None:
         self._table = table
         self._manager = manager
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
-        self._on_swap = on_swap
         self._wanted: dict[Key, str | None] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._changed: dict[Key, asyncio.Event] = {}
@@ -147,8 +144,6 @@ class Reloader:
                     loaded.version,
                     previous.version if previous else None,
                 )
-                if self._on_swap is not None:
-                    self._on_swap(model, alias, loaded, previous)
                 delay = self._retry_initial_s
         finally:
             if self._tasks.get(key) is asyncio.current_task():

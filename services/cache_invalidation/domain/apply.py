@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from events import AliasChanged
+from services.shared.carry import carry
 from services.shared.resolution import ReloadNotice, ResolutionEntry
 
 
@@ -81,13 +82,7 @@ def replay(events: Iterable[AliasChanged]) -> dict[str, dict[str, ResolutionEntr
 
 def notice_for(event: AliasChanged, entry: ResolutionEntry) -> ReloadNotice:
     """The reload notice announcing that `entry` now holds for the event's alias."""
-    return ReloadNotice(
-        model=event.model,
-        alias=event.alias,
-        version=entry.version,
-        event_id=entry.event_id,
-        occurred_at=entry.occurred_at,
-    )
+    return carry(entry, ReloadNotice, model=event.model, alias=event.alias)
 
 
 def canonical_time(value: datetime) -> str:

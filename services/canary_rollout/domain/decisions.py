@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events import CanaryDecision, CanaryDecisionKind
 from services.canary_rollout.domain.status import RolloutStatus
+from services.shared.carry import carry
 
 #: `actor` of decisions the analysis (not a human) made.
 ANALYSIS_ACTOR = "analysis"
@@ -47,19 +48,4 @@ class DecisionRecord(BaseModel):
 
 def decision_event(record: DecisionRecord, producer: str = "canary_rollout") -> CanaryDecision:
     """The `CanaryDecision` event for a record (deterministic `event_id`, `occurred_at` = decision time)."""
-    return CanaryDecision(
-        event_id=record.event_id,
-        occurred_at=record.at,
-        producer=producer,
-        model=record.model,
-        rollout_id=record.rollout_id,
-        decision=record.decision,
-        champion_version=record.champion_version,
-        challenger_version=record.challenger_version,
-        state=record.state.value,
-        step=record.step,
-        weight=record.weight,
-        reason=record.reason,
-        actor=record.actor,
-        metrics=record.metrics,
-    )
+    return carry(record, CanaryDecision, occurred_at=record.at, producer=producer, state=record.state.value)

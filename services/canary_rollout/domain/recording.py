@@ -11,6 +11,7 @@ from services.canary_rollout.domain.analysis import summarize
 from services.canary_rollout.domain.commands import Publish
 from services.canary_rollout.domain.decisions import DecisionRecord
 from services.canary_rollout.domain.state import RolloutState
+from services.shared.carry import carry
 
 
 def record_decision(
@@ -31,21 +32,10 @@ def record_decision(
             "challenger": rollout.challenger_total.rates(),
         },
     }
-    record = DecisionRecord(
-        model=rollout.model,
-        rollout_id=rollout.rollout_id,
-        seq=rollout.seq,
-        at=now,
-        decision=kind,
-        champion_version=rollout.champion_version,
-        challenger_version=rollout.challenger_version,
-        state=rollout.status,
-        step=rollout.step,
-        weight=rollout.weight,
-        reason=reason,
-        actor=actor,
+    record = carry(
+        rollout, DecisionRecord, at=now, decision=kind, state=rollout.status, reason=reason, actor=actor,
         metrics=metrics,
-    )
+    )  # fmt: skip
     rollout.seq += 1
     rollout.updated_at = now
     rollout.last_decision = record

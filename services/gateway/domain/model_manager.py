@@ -20,7 +20,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
 from services.shared.stages import StageAliases, normalize_stage
@@ -70,6 +70,10 @@ class CacheStats:
         return asdict(self)
 
 
+#: The counters of `CacheStats` (the rest describe the cache's size).
+COUNTERS = tuple(f.name for f in fields(CacheStats) if f.name not in ("size", "max_size"))
+
+
 @dataclass
 class _Entry(Generic[T]):
     model: T
@@ -111,9 +115,7 @@ class ModelManager(Generic[T]):
         self._lock = threading.Lock()
         self._entries: OrderedDict[ModelRef, _Entry[T]] = OrderedDict()  # oldest use first
         self._inflight: dict[ModelRef, _Flight[T]] = {}
-        self._hits = self._misses = self._loads = self._load_failures = 0
-        self._evictions = self._expirations = 0
-        self._load_seconds = 0.0
+        self._counts: dict[str, Any] = dict.fromkeys(COUNTERS, 0)  # CacheStats' counters, under the lock
 
     def load_model(
         self, name: str, version: str | None = None, alias: str | None = None, stage: str | None = None
@@ -141,9 +143,9 @@ class ModelManager(Generic[T]):
             entry = self._live_entry(ref)
             if entry is not None:
                 self._entries.move_to_end(ref)
-                self._hits += 1
+                self._counts["hits"] += 1
                 return entry.model
-            self._misses += 1
+            self._counts["misses"] += 1
             flight = self._inflight.get(ref)
             if flight is not None:
                 leader = False
@@ -190,17 +192,7 @@ class ModelManager(Generic[T]):
 
     def get_cache_stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(
-                hits=self._hits,
-                misses=self._misses,
-                loads=self._loads,
-                load_failures=self._load_failures,
-                load_seconds=self._load_seconds,
-                evictions=self._evictions,
-                expirations=self._expirations,
-                size=len(self._entries),
-                max_size=self._max_size,
-            )
+            return CacheStats(**self._counts, size=len(self._entries), max_size=self._max_size)
 
     def _alias_for_stage(self, stage: str) -> str:
         normalized = normalize_stage(stage)
@@ -219,14 +211,14 @@ class ModelManager(Generic[T]):
             model = self._loader(ref)
         except BaseException as exc:  # waiters must be released whatever happened
             with self._lock:
-                self._load_failures += 1
-                self._load_seconds += self._clock() - started
+                self._counts["load_failures"] += 1
+                self._counts["load_seconds"] += self._clock() - started
                 self._end_flight(ref, flight)
             flight.future.set_exception(exc)
             raise
         with self._lock:
-            self._loads += 1
-            self._load_seconds += self._clock() - started
+            self._counts["loads"] += 1
+            self._counts["load_seconds"] += self._clock() - started
             self._end_flight(ref, flight)
             if not flight.superseded:
                 self._store(ref, model)
@@ -242,7 +234,7 @@ class ModelManager(Generic[T]):
             return None
         if self._ttl_s is not None and self._clock() - entry.loaded_at > self._ttl_s:
             del self._entries[ref]
-            self._expirations += 1
+            self._counts["expirations"] += 1
             return None
         return entry
 
@@ -251,7 +243,7 @@ class ModelManager(Generic[T]):
         self._entries.move_to_end(ref)
         while len(self._entries) > self._max_size:
             self._entries.popitem(last=False)
-            self._evictions += 1
+            self._counts["evictions"] += 1
 
     def _supersede(self, matches: Callable[[ModelRef], bool]) -> None:
         """Detach matching in-flight loads: their results are not cached and new requests start anew."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, Field
@@ -28,6 +28,7 @@ from events import (
     RetrainingRequested,
 )
 from events.envelope import Event
+from services.shared.carry import carry
 from services.shared.kafka.history_reader import read_events
 from services.shared.settings import FlywheelSettings
 
@@ -75,6 +76,8 @@ class Ledger(BaseModel):
     retraining: list[RetrainingRun] = Field(description="Newest first.")
 
 
+#: What a `RetrainingFinished` adds to its run, under the same names.
+FINISHED_FIELDS = ("outcome", "version", "gates", "metrics", "message", "run_id")
 _EXPERIMENT_IN_URI = re.compile(r"/(\d+)/(?:[0-9a-f]{32})/artifacts")
 
 
@@ -103,20 +106,10 @@ def build_ledger(events: list[Event], settings: FlywheelSettings, links: bool = 
     for event in events:
         if isinstance(event, DatasetPublished):
             datasets.setdefault(event.model, []).append(
-                DatasetVersion(
-                    model=event.model,
-                    dataset_name=event.dataset_name,
-                    dataset_version=event.dataset_version,
+                carry(
+                    event,
+                    DatasetVersion,
                     published_at=event.occurred_at,
-                    rows=event.rows,
-                    corrected_rows=event.corrected_rows,
-                    model_versions=list(event.model_versions),
-                    time_start=event.time_start,
-                    time_end=event.time_end,
-                    files=event.files,
-                    manifest_sha256=event.manifest_sha256,
-                    artifact_uri=event.artifact_uri,
-                    run_id=event.run_id,
                     run_url=run_url(settings, event.run_id, event.artifact_uri) if links else None,
                 )
             )
@@ -126,32 +119,24 @@ def build_ledger(events: list[Event], settings: FlywheelSettings, links: bool = 
             finished[event.request_event_id] = event
     runs: dict[str, list[RetrainingRun]] = {}
     for request_id, request in requested.items():
-        done = finished.get(request_id)
-        extra: dict[str, Any] = {}
-        if done is not None:
-            extra = {
-                "finished_at": done.occurred_at,
-                "version": done.version,
-                "gates": done.gates,
-                "metrics": done.metrics,
-                "message": done.message,
-                "run_id": done.run_id,
-                "run_url": run_url(settings, done.run_id) if links else None,
-            }
-        runs.setdefault(request.model, []).append(
-            RetrainingRun(
-                model=request.model,
-                request_event_id=request_id,
-                requested_at=request.occurred_at,
-                reason=request.reason,
-                trigger_metrics=request.metrics,
-                base_version=request.base_version,
-                dataset_name=request.dataset_name,
-                dataset_version=request.dataset_version,
-                outcome=done.outcome if done is not None else "running",
-                **extra,
-            )
+        run = carry(
+            request,
+            RetrainingRun,
+            request_event_id=request_id,
+            requested_at=request.occurred_at,
+            trigger_metrics=request.metrics,
+            outcome="running",
         )
+        done = finished.get(request_id)
+        if done is not None:
+            run = run.model_copy(
+                update={
+                    **{name: getattr(done, name) for name in FINISHED_FIELDS},
+                    "finished_at": done.occurred_at,
+                    "run_url": run_url(settings, done.run_id) if links else None,
+                }
+            )
+        runs.setdefault(request.model, []).append(run)
     models = set(datasets) | set(runs)
     return {
         m: Ledger(

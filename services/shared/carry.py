@@ -1,0 +1,21 @@
+"""`carry`: one model built from another that passes the same facts along under the same names.
+
+A decision record becomes its event, a served prediction becomes the feedback on it, a resolution entry
+becomes its reload notice: the fields they share keep their names on purpose, so copying them one by one
+only restates the names (and forgets the next field someone adds to both). What differs is said in the
+overrides, where a reader looks for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def carry(source: object, target: type[M], **overrides: Any) -> M:
+    """`target` from every attribute of `source` named like one of its fields, then `overrides`."""
+    values = {name: getattr(source, name) for name in target.model_fields if hasattr(source, name)}
+    return target(**{**values, **overrides})
