@@ -194,6 +194,7 @@ def act_canary(runner: StackRunner, tracking_uri: str, model: str, replicas: lis
     wait_until_serving(replicas, model, "1")
     console.print("champion back at v1 (hot reload); starting the canary rollout service")
     canary = runner.start_canary(DEMO_CANARY_ENV)
+    console.print(f"watch it live in the operator console: {canary.url}/console#/models/{model}")
     view, traffic = _run_rollout(client, canary, replicas, model, "2")
     promoted = bool(view and view["status"] == "promoted" and _alias_becomes(client, model, "champion", "2"))
     for (variant, version), results in sorted(traffic.variants.items()):
