@@ -19,8 +19,8 @@ class GatewaySettings(FlywheelSettings):
     )
     advertised_url: str | None = Field(
         default=None,
-        description="URL the fleet view shows for this replica; default http://host:port when the host is "
-        "not a wildcard address.",
+        description="URL the fleet view shows for this replica; default http://host:port (the machine's "
+        "hostname when bound to a wildcard address).",
     )
     model_cache_size: int = count_field(8, "Loaded model versions kept per replica.")
     model_ttl_s: float | None = Field(
@@ -79,11 +79,11 @@ class GatewaySettings(FlywheelSettings):
             return None
         return FeedbackTokens(self.feedback_secret.get_secret_value().encode(), self.request_log_ttl_s)
 
-    def replica_url(self) -> str | None:
+    def replica_url(self) -> str:
         if self.advertised_url:
             return self.advertised_url
         wildcard = self.gateway_host in ("0.0.0.0", "::", "")
-        return None if wildcard else f"http://{self.gateway_host}:{self.gateway_port}"
+        return f"http://{socket.gethostname() if wildcard else self.gateway_host}:{self.gateway_port}"
 
     def replica_name(self) -> str:
         return self.replica_id or f"{socket.gethostname()}:{self.gateway_port}"
