@@ -49,22 +49,26 @@ def _rollout(model: str, action: str, reason: str | None) -> None:
         console.print(f"{model}: {decision['decision']} -> {decision['state']} ({decision['reason']})")
 
 
-@rollout_app.command("promote")
-def rollout_promote(
-    model: str = typer.Argument(..., help="Registered model name"),
-    reason: str = typer.Option(None, help="Why (recorded in the decision)"),
-) -> None:
-    """Promote the challenger now: champion moves to it, previous champion stays reachable."""
-    _rollout(model, "promote", reason)
+ROLLOUT_ACTIONS = {
+    "promote": "Promote the challenger now: champion moves to it, previous champion stays reachable.",
+    "abort": "Abort the rollout: traffic back to the champion, challenger alias removed.",
+    "pause": "Hold the rollout at its weight until resumed (traffic is measured; nothing is decided).",
+    "resume": "Resume a paused rollout from where it stopped.",
+}
 
 
-@rollout_app.command("abort")
-def rollout_abort(
-    model: str = typer.Argument(..., help="Registered model name"),
-    reason: str = typer.Option(None, help="Why (recorded in the decision)"),
-) -> None:
-    """Abort the rollout: traffic back to the champion, challenger alias removed."""
-    _rollout(model, "abort", reason)
+def _register_rollout_action(action: str, help_text: str) -> None:
+    def command(
+        model: str = typer.Argument(..., help="Registered model name"),
+        reason: str = typer.Option(None, help="Why (recorded in the decision)"),
+    ) -> None:
+        _rollout(model, action, reason)
+
+    rollout_app.command(action, help=help_text)(command)
+
+
+for _action, _help in ROLLOUT_ACTIONS.items():
+    _register_rollout_action(_action, _help)
 
 
 @app.command()
