@@ -37,16 +37,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import faust
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from events import Event, EventDecodeError, decode
 from services.shared.batch_consumer import BatchConsumer
+from services.shared.consumer_lag import FaustOffsets, LagGauge, OffsetReader, consumer_lag, position_of
 from services.shared.faust_app import event_topic, make_faust_app
 from services.shared.kafka.admin import check_topics
 from services.shared.retry import retry_forever
@@ -67,11 +67,6 @@ BATCH_SECONDS = Histogram(
     "Time a handler took for one batch, retries included",
     ["worker", "topic"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
-)
-LAG = Gauge(
-    "flywheel_consumer_lag_messages",
-    "Messages of an assigned partition not handled yet: high watermark minus the next offset to handle",
-    ["worker", "topic", "partition"],
 )
 
 
@@ -109,42 +104,6 @@ class Timer:
     name: str
 
 
-class OffsetReader(Protocol):
-    """What the lag gauge reads of a consumer: an aiokafka consumer as it is (the batch consumer's), or
-    Faust's through `_FaustOffsets`."""
-
-    async def end_offsets(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
-    async def position(self, partition: TopicPartition) -> int | None: ...
-
-
-@dataclass(frozen=True)
-class _FaustOffsets:
-    """Faust's consumer (`app.consumer`, public API) as an `OffsetReader`: `highwaters` asks the broker
-    for the end offsets (ListOffsets), `position` is the aiokafka consumer's fetch position."""
-
-    consumer: Any
-
-    async def end_offsets(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
-        return cast(Mapping[TopicPartition, int], await self.consumer.highwaters(*partitions))
-
-    async def position(self, partition: TopicPartition) -> int | None:
-        return cast("int | None", await self.consumer.position(partition))
-
-
-def consumer_lag(
-    end_offsets: Mapping[TopicPartition, int | None], positions: Mapping[TopicPartition, int | None]
-) -> dict[TopicPartition, int]:
-    """Messages each partition is behind: its end offset (high watermark, the offset the next produced
-    message gets) minus the next offset to handle. Partitions where either is unknown are left out; never
-    negative (the end offset may have been read a moment before the position moved)."""
-    lags = {}
-    for tp, end in end_offsets.items():
-        position = positions.get(tp)
-        if end is not None and position is not None:
-            lags[tp] = max(0, end - position)
-    return lags
-
-
 @dataclass
 class ConsumerRuntime:
     """A worker's consumer group, subscriptions, timers and start-up tasks on one Faust app."""
@@ -177,7 +136,10 @@ class ConsumerRuntime:
     _batch: BatchConsumer | None = field(default=None, init=False, repr=False)
     # Partition -> the offset after the last message handled there since it was assigned.
     _next_offsets: dict[TopicPartition, int] = field(default_factory=dict, init=False, repr=False)
-    _lag_shown: set[TopicPartition] = field(default_factory=set, init=False, repr=False)
+    _lag: LagGauge = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._lag = LagGauge(self.worker)
 
     def owns(self, topic: str, key: str) -> bool:
         """Whether events keyed `key` on `topic` come to this instance now (Kafka's default partitioner:
@@ -250,7 +212,7 @@ class ConsumerRuntime:
         # What was handled of a partition counts only while it stays ours: another instance may have
         # moved on while it was not (and a batch finished after its revocation must not count).
         kept = _partitions(self.partitions) & _partitions(partitions)
-        self._forget((self._next_offsets.keys() | self._lag_shown) - kept)
+        self._forget((self._next_offsets.keys() | self._lag.shown) - kept)
         self.partitions = partitions
         self.assigned = True
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
@@ -268,9 +230,7 @@ class ConsumerRuntime:
         """Drop what is known of partitions that are no longer (or not yet again) ours, and their lag."""
         for tp in partitions:
             self._next_offsets.pop(tp, None)
-        for tp in partitions & self._lag_shown:
-            LAG.remove(self.worker, tp.topic, str(tp.partition))
-        self._lag_shown -= partitions
+        self._lag.forget(partitions)
 
     async def refresh_lag(self) -> None:
         """Set `flywheel_consumer_lag_messages` for every assigned partition (a timer every
@@ -279,27 +239,19 @@ class ConsumerRuntime:
         reader = self._offset_reader()
         assigned = sorted(_partitions(self.partitions))
         if reader is None or not assigned:
-            self._show_lag({})
+            self._lag.show({})
             return
         ends = await asyncio.wait_for(reader.end_offsets(assigned), self.lag_interval_s * 2)
         positions = {tp: self._next_offsets.get(tp) for tp in assigned}
         for tp, position in positions.items():
             if position is None:
-                positions[tp] = await _position(reader, tp, self.lag_interval_s)
-        self._show_lag(consumer_lag(ends, positions))
+                positions[tp] = await position_of(reader, tp, self.lag_interval_s)
+        self._lag.show(consumer_lag(ends, positions))
 
     def _offset_reader(self) -> OffsetReader | None:
         if self.batched:
             return self._batch.consumer if self._batch is not None else None
-        return _FaustOffsets(self._app.consumer) if self._app is not None and self.assigned else None
-
-    def _show_lag(self, lags: Mapping[TopicPartition, int]) -> None:
-        """The gauge shows exactly `lags`: series of other partitions are removed."""
-        for tp, lag in lags.items():
-            LAG.labels(self.worker, tp.topic, str(tp.partition)).set(lag)
-        for tp in self._lag_shown - lags.keys():
-            LAG.remove(self.worker, tp.topic, str(tp.partition))
-        self._lag_shown = set(lags)
+        return FaustOffsets(self._app.consumer) if self._app is not None and self.assigned else None
 
     async def _assignment_changed(self) -> None:
         for hook in self.on_assignment:
@@ -422,15 +374,6 @@ def partition_of(key: str, partitions: int) -> int:
 
 def _partitions(partitions: Mapping[str, Iterable[int]]) -> set[TopicPartition]:
     return {TopicPartition(topic, p) for topic, parts in partitions.items() for p in parts}
-
-
-async def _position(reader: OffsetReader, tp: TopicPartition, timeout_s: float) -> int | None:
-    """The consumer's fetch position of `tp`; None when it has none yet (aiokafka waits for one) or the
-    partition was revoked meanwhile."""
-    try:
-        return await asyncio.wait_for(reader.position(tp), timeout_s)
-    except (TimeoutError, KafkaError):
-        return None
 
 
 def _delivery(delivered: Any) -> tuple[int, int, bytes | None]:

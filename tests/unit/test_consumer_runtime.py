@@ -18,7 +18,8 @@ from services.cache_invalidation.adapters.resolution_writer import CasResult, Ca
 from services.cache_invalidation.domain.apply import entry_of
 from services.cache_invalidation.handlers import InvalidationHandler, Outcome
 from services.cache_invalidation.settings import CacheInvalidationSettings
-from services.shared.consumer import MESSAGES, ConsumerRuntime, Message, Subscription, consumer_lag
+from services.shared.consumer import MESSAGES, ConsumerRuntime, Message, Subscription
+from services.shared.consumer_lag import consumer_lag
 from services.shared.resolution import ReloadNotice, ResolutionEntry
 from services.shared.settings import FlywheelSettings
 
