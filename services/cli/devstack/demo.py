@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from mlflow import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import TopicFollower
 from events import RETRAINING_FINISHED, RetrainingFinished
+from services.cli.devstack.demo_reads import alias_becomes, alias_of, rollout_view
 from services.cli.devstack.demo_traffic import TrafficClient, wait_until_serving
 from services.cli.devstack.narrative import story_only
 from services.cli.devstack.sample_models import register_broken_version, register_wine_version, wine_data
@@ -122,31 +122,6 @@ DEMO_CANARY_ENV = {
 }
 
 
-def _alias(client: MlflowClient, model: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(model, alias).version)
-    except Exception:
-        return None
-
-
-def _alias_becomes(client: MlflowClient, model: str, alias: str, version: str, timeout_s: float = 30) -> bool:
-    """The registry may lag the rollout's view by a moment (and a busy server answers slowly)."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if _alias(client, model, alias) == version:
-            return True
-        time.sleep(0.5)
-    return False
-
-
-def _rollout(canary: RunningService, model: str) -> dict[str, Any] | None:
-    try:
-        resp = httpx.get(f"{canary.url}/v1/rollouts/{model}", timeout=5)
-    except httpx.HTTPError:
-        return None
-    return resp.json() if resp.status_code == 200 else None
-
-
 def _run_rollout(
     client: MlflowClient,
     canary: RunningService,
@@ -165,7 +140,7 @@ def _run_rollout(
     view = None
     try:
         while time.time() - started < timeout_s:
-            view = _rollout(canary, model)
+            view = rollout_view(canary, model)
             if view and view["challenger_version"] == challenger:
                 for d in view.get("decisions", []):
                     if d["seq"] not in seen:
@@ -196,7 +171,7 @@ def act_canary(runner: StackRunner, tracking_uri: str, model: str, replicas: lis
     canary = runner.start_canary(DEMO_CANARY_ENV)
     console.print(f"watch it live in the operator console: {canary.url}/console#/models/{model}")
     view, traffic = _run_rollout(client, canary, replicas, model, "2")
-    promoted = bool(view and view["status"] == "promoted" and _alias_becomes(client, model, "champion", "2"))
+    promoted = bool(view and view["status"] == "promoted" and alias_becomes(client, model, "champion", "2"))
     for (variant, version), results in sorted(traffic.variants.items()):
         console.print(
             f"  {variant} v{version}: {len(results)} answers, live accuracy {sum(results) / len(results):.3f}"
@@ -211,7 +186,7 @@ def act_canary(runner: StackRunner, tracking_uri: str, model: str, replicas: lis
     decisions = (view or {}).get("decisions", [])
     max_weight = max((d["weight"] for d in decisions if d["decision"] != "rollback"), default=0)
     rolled_back = bool(
-        view and view["status"] == "rolled_back" and _alias_becomes(client, model, "champion", "2")
+        view and view["status"] == "rolled_back" and alias_becomes(client, model, "champion", "2")
     )
     failed_v3 = len(traffic.traffic.errors)
     console.print(
@@ -241,7 +216,7 @@ def act_watch(
     version, _ = register_broken_version(tracking_uri, model, degrade_flag=str(flag))
     console.print(f"registered v{version}: sound now, fails on alcohol > 13 once {flag.name} exists (drift)")
     view, _ = _run_rollout(client, canary, replicas, model, version)
-    if not (view and view["status"] == "promoted" and _alias_becomes(client, model, "champion", version)):
+    if not (view and view["status"] == "promoted" and alias_becomes(client, model, "champion", version)):
         console.print(f"[red]v{version} not promoted: {view and view['status']}")
         return False
     console.print(f"[green]v{version} promoted[/]; now its inputs drift. Watched against v{previous}:")
@@ -251,12 +226,12 @@ def act_watch(
     started, reverted = time.time(), None
     try:
         while reverted is None and time.time() - started < 90:
-            decisions = (_rollout(canary, model) or {}).get("decisions", [])
+            decisions = (rollout_view(canary, model) or {}).get("decisions", [])
             reverted = next((d for d in decisions if d["decision"] == "reverted"), None)
             time.sleep(0.5)
     finally:
         traffic.stop()
-    back = reverted is not None and _alias_becomes(client, model, "champion", previous)
+    back = reverted is not None and alias_becomes(client, model, "champion", previous)
     if reverted is not None:
         console.print(f"  t+{time.time() - started:5.1f}s  reverted  {reverted['reason']}")
     console.print(
@@ -307,7 +282,7 @@ def act_feedback_loop(
 ) -> bool:
     console.rule("[bold]Act 3: feedback -> dataset -> retraining -> canary, without a human")
     client = MlflowClient(tracking_uri=tracking_uri)
-    champion = _alias(client, model, "champion") or "2"
+    champion = alias_of(client, model, "champion") or "2"
     loop_env = {
         "FLYWHEEL_MODELS": model,
         "FLYWHEEL_FEEDBACK_MIN_CORRECTIONS": "25",
@@ -333,14 +308,14 @@ def act_feedback_loop(
         while time.time() - started < timeout_s:
             while (end := finished.wait(lambda e: getattr(e, "model", None) == model, 0)) is not None:
                 _print_retraining(end[1], time.time() - started)
-            challenger = _alias(client, model, "challenger")
+            challenger = alias_of(client, model, "challenger")
             if new_version is None and challenger not in (None, champion) and int(challenger) > 3:
                 new_version = challenger
                 console.print(
                     f"  t+{time.time() - started:5.1f}s  retrainer registered v{new_version} and set it as "
                     f"challenger after {traffic.feedback_sent} ratings (gates passed)"
                 )
-            if new_version is not None and _alias(client, model, "champion") == new_version:
+            if new_version is not None and alias_of(client, model, "champion") == new_version:
                 promoted = True
                 console.print(
                     f"  t+{time.time() - started:5.1f}s  canary promoted v{new_version} to champion"
@@ -350,7 +325,7 @@ def act_feedback_loop(
     finally:
         traffic.stop()
         finished.close()
-    view = _rollout(canary, model)
+    view = rollout_view(canary, model)
     if view:
         console.print(
             f"  rollout {view['rollout_id']}: {view['status']}, {len(view.get('decisions', []))} decisions"

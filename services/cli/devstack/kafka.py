@@ -18,7 +18,6 @@ shape failover tests need.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import os
@@ -27,12 +26,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.cli.devstack.kafka_identity import describe_cluster, new_cluster_id
 from services.cli.devstack.process import ManagedProcess, StartupError, free_port, port_open
 
 log = logging.getLogger(__name__)
@@ -143,14 +142,6 @@ def apache_kafka_availability(env: dict[str, str] | None = None) -> tuple[bool, 
     if shutil.which("mvn"):
         return True, f"java {major} on PATH, mvn fetches the Kafka {version} jars"
     return False, f"java {major} on PATH but Kafka {version} jars are not cached and mvn is not on PATH"
-
-
-def new_cluster_id() -> str:
-    """A KRaft cluster id: Kafka's `Uuid.randomUuid()` format (22 url-safe base64 chars, no leading '-')."""
-    while True:
-        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not text.startswith("-"):
-            return text
 
 
 @dataclass
@@ -336,24 +327,6 @@ class KafkaCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def describe_cluster(bootstrap: str) -> tuple[set[int], int | None]:
-    """(broker node ids, controller id) from one Metadata request."""
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap.split(","),
-        request_timeout_ms=3000,
-        client_id="flywheel-kafka-probe",
-    )
-    try:
-        info = admin.describe_cluster()
-    finally:
-        admin.close()
-    brokers = {int(b["broker_id"]) for b in info.get("brokers", [])}
-    controller = info.get("controller_id")
-    return brokers, None if controller is None else int(controller)
 
 
 def start_kafka_cluster(
