@@ -120,29 +120,38 @@ def bench_dataset_writer(
     _print_json(run_bench(rows, repeats))
 
 
-@bench_app.command("gateway")
-def bench_gateway(
-    duration: float = typer.Option(10.0, min=1.0, help="Seconds per measured round and server"),
-    concurrency: str = typer.Option("1,4,16", help="Concurrent keep-alive connections, e.g. 1,4,16"),
-    rounds: int = typer.Option(2, min=1, help="Alternating rounds per server and concurrency"),
-    workdir: Path = typer.Option(Path(".flywheel/bench-gateway")),
-) -> None:
-    """Gateway vs `mlflow models serve` and MLServer on the same model: req/s, p50/p99, CPU per 1k."""
-    from benchmarks.gateway import run as run_bench
+def _register_load_bench(name: str, doc: str, duration_s: float, concurrency_levels: str, what: str) -> None:
+    """`flywheel bench NAME`: a benchmark that drives servers at several concurrency levels, in
+    alternating rounds (`benchmarks/NAME.py`'s `run(duration, levels, rounds, workdir)`)."""
 
-    levels = [int(c) for c in concurrency.split(",") if c.strip()]
-    _print_json(run_bench(duration, levels, rounds, workdir.resolve()))
+    def command(
+        duration: float = typer.Option(duration_s, min=1.0, help=f"Seconds per measured round and {what}"),
+        concurrency: str = typer.Option(
+            concurrency_levels, help="Concurrent keep-alive connections, e.g. 1,4"
+        ),
+        rounds: int = typer.Option(2, min=1, help=f"Alternating rounds per {what} and concurrency"),
+        workdir: Path = typer.Option(Path(f".flywheel/bench-{name}")),
+    ) -> None:
+        import importlib
+
+        run_bench = importlib.import_module(f"benchmarks.{name}").run
+        levels = [int(c) for c in concurrency.split(",") if c.strip()]
+        _print_json(run_bench(duration, levels, rounds, workdir.resolve()))
+
+    bench_app.command(name, help=doc)(command)
 
 
-@bench_app.command("shadow")
-def bench_shadow(
-    duration: float = typer.Option(8.0, min=1.0, help="Seconds per measured round and setting"),
-    concurrency: str = typer.Option("1,4", help="Concurrent keep-alive connections, e.g. 1,4"),
-    rounds: int = typer.Option(2, min=1, help="Alternating rounds per setting and concurrency"),
-    workdir: Path = typer.Option(Path(".flywheel/bench-shadow")),
-) -> None:
-    """Champion p50/p99 with the shadow step mirroring 0 %, 50 % and 100 % of requests, side by side."""
-    from benchmarks.shadow import run as run_bench
-
-    levels = [int(c) for c in concurrency.split(",") if c.strip()]
-    _print_json(run_bench(duration, levels, rounds, workdir.resolve()))
+_register_load_bench(
+    "gateway",
+    "Gateway vs `mlflow models serve` and MLServer on the same model: req/s, p50/p99, CPU per 1k.",
+    10.0,
+    "1,4,16",
+    "server",
+)
+_register_load_bench(
+    "shadow",
+    "Champion p50/p99 with the shadow step mirroring 0 %, 50 % and 100 % of requests, side by side.",
+    8.0,
+    "1,4",
+    "setting",
+)
