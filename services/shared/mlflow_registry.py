@@ -103,3 +103,16 @@ class RegistryAdapter:
 
     def delete_alias(self, model: str, alias: str) -> None:
         self.client.delete_registered_model_alias(model, alias)
+
+
+class ExperimentRef:
+    """An experiment by name: its id is looked up (created when missing) on first use, then kept."""
+
+    def __init__(self, client: MlflowClient, name: str) -> None:
+        self._client, self.name = client, name
+        self._id: str | None = None
+
+    def id(self) -> str:
+        if self._id is None:
+            self._id = experiment_id_of(self._client, self.name)
+        return self._id

@@ -43,7 +43,7 @@ from events import DatasetFile
 from services.feedback_aggregation.adapters.dataset_writer import WrittenDataset
 from services.shared.dataset_manifest import MANIFEST
 from services.shared.mlflow_conventions import standard_tags
-from services.shared.mlflow_registry import experiment_id_of
+from services.shared.mlflow_registry import ExperimentRef
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,9 @@ class DatasetRegistry:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self._experiment_id: str | None = None
+        self.experiment_id = ExperimentRef(self.client, experiment).id
 
     # --- lookups ----------------------------------------------------------------------------------
-    def experiment_id(self) -> str:
-        if self._experiment_id is None:
-            self._experiment_id = experiment_id_of(self.client, self.experiment)
-        return self._experiment_id
-
     def _search(self, filter_string: str) -> list[Run]:
         runs: list[Run] = []
         token: str | None = None

@@ -24,7 +24,7 @@ from services.retrainer.adapters.training import BaseVersion, Candidate
 from services.retrainer.domain.gates import GateReport
 from services.retrainer.domain.outcome import RetrainResult
 from services.shared.identifiers import filter_literal
-from services.shared.mlflow_registry import experiment_id_of
+from services.shared.mlflow_registry import ExperimentRef
 
 TAG_PREFIX = "flywheel.retrainer."
 TAG_EVENT = TAG_PREFIX + "request_event_id"
@@ -46,12 +46,7 @@ class RetrainingRuns:
         self.client = client
         self.experiment = experiment
         self.tracking_uri = tracking_uri
-        self._experiment_id: str | None = None
-
-    def experiment_id(self) -> str:
-        if self._experiment_id is None:
-            self._experiment_id = experiment_id_of(self.client, self.experiment)
-        return self._experiment_id
+        self.experiment_id = ExperimentRef(client, experiment).id
 
     def runs_of(self, event: RetrainingRequested) -> list[Run]:
         """Runs of this request (same event id and dataset run), newest first."""
