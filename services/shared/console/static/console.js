@@ -90,7 +90,7 @@ async function modelPage(model) {
     </div>
     <h2>Versions per replica</h2>${replicaTable(overview)}
     <h2>Rollout</h2>${rollout ? rolloutSection(model, rollout) : "<p class=muted>No rollout yet.</p>"}
-    <h2>Feedback per version</h2>${feedbackTable(feedback)}
+    <h2>Feedback per version</h2>${feedbackTable(feedback, overview.mlflow_url)}
     <h2>Datasets</h2>${datasetTable(datasets)}
     <h2>Retraining runs</h2>${retrainingTable(retraining)}
     <h2>Alias history</h2>${historyTimeline(history)}`;
@@ -140,11 +140,11 @@ function rolloutSection(model, r) {
     ${table(["at", "decision", "weight#", "actor", "reason and evidence"], rows, "decisions")}</div>`;
 }
 
-function feedbackTable(summary) {
+function feedbackTable(summary, modelUrl) {
   if (!summary) return "<p class=muted>No feedback aggregated yet.</p>";
   const rows = Object.entries(summary.versions).map(([v, s]) => {
     const x = s.totals;
-    return `<tr data-version="${esc(v)}"><td>v${esc(v)}</td><td class="num">${x.inferences}</td><td class="num">${x.errors}</td><td class="num">${x.thumbs_up}</td>
+    return `<tr data-version="${esc(v)}"><td>${modelUrl ? link(`${modelUrl}/versions/${encodeURIComponent(v)}`, "v" + v) : "v" + esc(v)}</td><td class="num">${x.inferences}</td><td class="num">${x.errors}</td><td class="num">${x.thumbs_up}</td>
       <td class="num">${x.thumbs_down}</td><td class="num">${pct(x.thumbs_up_rate)}</td><td class="num">${x.corrections ?? 0}</td>
       <td class="num">${s.windows.length}</td></tr>`;
   });
