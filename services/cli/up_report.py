@@ -35,7 +35,6 @@ def up_table(runner: StackRunner, admin_token: str, logs: Path) -> Table:
     canary = runner.services.get("canary-rollout")
     if canary is not None:
         table.add_row("console", f"{canary.url}/console")
-        table.add_row("rollout dashboard", f"{canary.url}/rollouts")
         table.add_row("admin token", admin_token)
     table.add_row("started here", ", ".join(endpoints.started) or "nothing (all configured)")
     table.add_row("logs", str(logs))

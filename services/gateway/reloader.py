@@ -125,7 +125,9 @@ class Reloader:
                     continue  # superseded while loading; the next round loads the newest target
                 previous = self._table.swap(model, alias, loaded)
                 self.last_error.pop(key, None)
+                elapsed = time.perf_counter() - started
                 metrics.RELOADS.labels(model, "swapped").inc()
+                metrics.RELOAD_SECONDS.labels(model).observe(elapsed)
                 self.swaps += 1
                 self.last_swap = Swap(
                     model=model,
@@ -133,9 +135,8 @@ class Reloader:
                     version=loaded.version,
                     previous_version=previous.version if previous else None,
                     at=datetime.now(UTC),
-                    load_seconds=time.perf_counter() - started,
+                    load_seconds=elapsed,
                 )
-                metrics.RELOAD_SECONDS.labels(model).observe(time.perf_counter() - started)
                 _set_version_gauge(model, alias, loaded.version)
                 log.info(
                     "%s@%s now serves version %s (was %s)",

@@ -25,7 +25,14 @@ from pydantic import BaseModel, Field
 from services.shared import http_json
 from services.shared.console.feedback import FeedbackSummary, read_feedback
 from services.shared.console.ledger import DatasetVersion, Ledger, RetrainingRun, read_ledger
-from services.shared.console.overview import ModelOverview, StatusReport, status_report
+from services.shared.console.overview import (
+    ModelOverview,
+    StatusReport,
+    known_models,
+    status_report,
+    with_ledger,
+)
+from services.shared.console.overview import model_overview as overview_of
 from services.shared.fleet import ReplicaStatus, read_fleet
 from services.shared.identifiers import ModelName
 from services.shared.kafka.history_reader import HistoryUnavailable
@@ -111,7 +118,18 @@ def console_router(settings: FlywheelSettings) -> APIRouter:
         "/v1/models/{model}", response_model=ModelOverview, responses={404: {"description": "Unknown."}}
     )
     async def model_overview(model: ModelName) -> ModelOverview:
-        found = next((m for m in (await report()).models if m.model == model), None)
+        try:
+            ledger: Ledger | None = (await ledgers.get(model)).get(model)
+        except HTTPException:
+            ledger = None  # the overview without its ledger rather than no overview
+
+        def read() -> ModelOverview | None:
+            if model not in known_models(client(), keys, settings) and ledger is None:
+                return None
+            fleet = read_fleet(client(), keys)
+            return with_ledger(overview_of(client(), keys, settings, model, fleet), ledger)
+
+        found = await asyncio.to_thread(read)
         if found is None:
             raise HTTPException(404, detail=f"Flywheel has seen no model {model!r}")
         return found
