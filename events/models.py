@@ -19,33 +19,18 @@ Version = str
 
 
 class AliasAction(StrEnum):
+    """What happened to the alias: it now points to a version, or it was removed."""
+
     SET = "set"
     DELETED = "deleted"
 
 
 class AliasSource(StrEnum):
+    """How the watcher learnt of the change: a signed webhook, the safety-net poller, or a stage shim."""
+
     WEBHOOK = "webhook"
     POLLER = "poller"
     STAGE = "stage"
-
-
-class FeedbackRating(StrEnum):
-    THUMBS_UP = "thumbs_up"
-    THUMBS_DOWN = "thumbs_down"
-
-
-class CanaryDecisionKind(StrEnum):
-    START = "start"
-    ADVANCE = "advance"
-    HOLD = "hold"
-    PROMOTE = "promote"
-    ROLLBACK = "rollback"
-    ABORT = "abort"
-    PAUSE = "pause"
-    RESUME = "resume"
-    RESTART = "restart"
-    REVERTED = "reverted"  # after promotion, the watch moved champion back to previous-champion
-    WATCH_PASSED = "watch_passed"  # the watch after a promotion ended without a regression
 
 
 _NAME = Field(min_length=1, max_length=256, description="Registered model name.")
@@ -105,6 +90,13 @@ class InferenceRecorded(Event):
     outputs: JsonValue = None
 
 
+class FeedbackRating(StrEnum):
+    """A user's verdict on one prediction (a correction may come with either)."""
+
+    THUMBS_UP = "thumbs_up"
+    THUMBS_DOWN = "thumbs_down"
+
+
 class FeedbackRecorded(Event):
     """A human rated one prediction; `corrected_output` is what the answer should have been."""
 
@@ -125,6 +117,22 @@ class FeedbackRecorded(Event):
     inputs: JsonValue = Field(default=None, description="Inputs of the rated prediction.")
     outputs: JsonValue = Field(default=None, description="Original outputs of the rated prediction.")
     served_at: datetime | None = None
+
+
+class CanaryDecisionKind(StrEnum):
+    """What a rollout decided at one step: the machine's transitions, and the operator's commands."""
+
+    START = "start"
+    ADVANCE = "advance"
+    HOLD = "hold"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    ABORT = "abort"
+    PAUSE = "pause"
+    RESUME = "resume"
+    RESTART = "restart"
+    REVERTED = "reverted"  # after promotion, the watch moved champion back to previous-champion
+    WATCH_PASSED = "watch_passed"  # the watch after a promotion ended without a regression
 
 
 class CanaryDecision(Event):

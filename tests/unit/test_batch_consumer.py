@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
@@ -26,32 +27,18 @@ class Record:
     value: bytes
 
 
+ABOUT: dict[str, Any] = {"producer": "tests", "model": "m", "version": "1"}
+
+
 def feedback(i: int) -> bytes:
+    rating = FeedbackRating.THUMBS_UP
     return encode(
-        FeedbackRecorded(
-            producer="tests",
-            feedback_id=f"f{i}",
-            model="m",
-            version="1",
-            request_id=f"r{i}",
-            rating=FeedbackRating.THUMBS_UP,
-            served_at=T0,
-        )
+        FeedbackRecorded(**ABOUT, feedback_id=f"f{i}", request_id=f"r{i}", rating=rating, served_at=T0)
     )
 
 
 def inference(i: int) -> bytes:
-    return encode(
-        InferenceRecorded(
-            producer="tests",
-            request_id=f"r{i}",
-            model="m",
-            version="1",
-            replica="g",
-            status="ok",
-            latency_ms=1.0,
-        )
-    )
+    return encode(InferenceRecorded(**ABOUT, request_id=f"r{i}", replica="g", status="ok", latency_ms=1.0))
 
 
 class FakeConsumer:

@@ -160,6 +160,14 @@ def _history(steps: list[tuple[str, str, str | None, int]]) -> list[AliasChanged
     return events
 
 
+def _histories(max_size: int) -> st.SearchStrategy[list[AliasChanged]]:
+    """Alias histories of 1..max_size events over a few models and aliases, in the order they happened."""
+    return st.lists(_step, min_size=1, max_size=max_size).map(_history)
+
+
+_SEEDS = st.integers(0, 2**32 - 1)
+
+
 def _newest_per_alias(events: list[AliasChanged]) -> dict[str, dict[str, ResolutionEntry]]:
     expected: dict[str, dict[str, ResolutionEntry]] = {}
     for event in events:
@@ -178,11 +186,10 @@ def _redelivered(events: list[AliasChanged], rng: random.Random, redeliveries: i
 
 
 @settings(max_examples=300, deadline=None)
-@given(steps=st.lists(_step, min_size=1, max_size=40), seed=st.integers(0, 2**32 - 1))
+@given(events=_histories(max_size=40), seed=_SEEDS)
 def test_replay_in_order_or_shuffled_with_duplicates_converges_to_newest_event(
-    steps: list[tuple[str, str, str | None, int]], seed: int
+    events: list[AliasChanged], seed: int
 ) -> None:
-    events = _history(steps)
     expected = _newest_per_alias(events)
     assert replay(events) == expected
 
@@ -194,12 +201,11 @@ def test_replay_in_order_or_shuffled_with_duplicates_converges_to_newest_event(
 
 
 @settings(max_examples=200, deadline=None)
-@given(steps=st.lists(_step, min_size=1, max_size=30), seed=st.integers(0, 2**32 - 1))
+@given(events=_histories(max_size=30), seed=_SEEDS)
 def test_each_event_is_applied_at_most_once_and_notices_follow_event_order(
-    steps: list[tuple[str, str, str | None, int]], seed: int
+    events: list[AliasChanged], seed: int
 ) -> None:
     """Over any delivery order, the Applied decisions of one alias have strictly increasing order keys."""
-    events = _history(steps)
     rng = random.Random(seed)
     delivered = _redelivered(events, rng, len(events))
     state: dict[str, dict[str, ResolutionEntry]] = {}

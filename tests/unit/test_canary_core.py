@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -68,25 +69,18 @@ def started(policy: RolloutPolicy = FAST) -> RolloutMachine:
     return m
 
 
-def serve(
-    m: RolloutMachine,
-    variant: str,
-    n: int,
-    *,
-    errors: int = 0,
-    latency: float = 100.0,
-    spread: float = 10.0,
-    t: float = 1.0,
-    seed: int = 0,
-) -> int:
-    """`n` inferences of `variant`: the first `errors` fail, latencies ~ N(latency, spread); returns how
-    many the machine counted."""
-    version = CHAMP if variant == "champion" else CHAL
+def samples(
+    n: int, *, errors: int = 0, latency: float = 100.0, spread: float = 10.0, seed: int = 0
+) -> list[tuple[bool, float]]:
+    """`n` inferences as (ok, latency ms): the first `errors` fail, latencies ~ N(latency, spread) >= 0."""
     rng = random.Random(seed)
-    return sum(
-        m.observe_inference(variant, version, i >= errors, max(0.0, rng.gauss(latency, spread)), at(t))
-        for i in range(n)
-    )
+    return [(i >= errors, max(0.0, rng.gauss(latency, spread))) for i in range(n)]
+
+
+def serve(m: RolloutMachine, variant: str, n: int, *, t: float = 1.0, **traffic: Any) -> int:
+    """`n` inferences of `variant` (see `samples`) at `t`; returns how many the machine counted."""
+    version = CHAMP if variant == "champion" else CHAL
+    return sum(m.observe_inference(variant, version, ok, ms, at(t)) for ok, ms in samples(n, **traffic))
 
 
 def good_traffic(m: RolloutMachine, t: float, *, champion: bool = True, n: int = 100) -> None:
@@ -630,19 +624,11 @@ def test_decision_sequence_numbers_are_consecutive() -> None:
 # -- analysis ----------------------------------------------------------------------------------------------
 
 
-def window(
-    n: int,
-    errors: int = 0,
-    latency: float = 100.0,
-    spread: float = 10.0,
-    up: int = 0,
-    down: int = 0,
-    seed: int = 0,
-) -> VariantWindow:
-    rng = random.Random(seed)
+def window(n: int, *, up: int = 0, down: int = 0, seed: int = 0, **traffic: Any) -> VariantWindow:
+    """A window of `n` inferences (see `samples`) and `up`/`down` ratings."""
     w = VariantWindow(seed=str(seed))
-    for i in range(n):
-        w.add_inference(i >= errors, max(0.0, rng.gauss(latency, spread)))
+    for ok, ms in samples(n, seed=seed, **traffic):
+        w.add_inference(ok, ms)
     for _ in range(up):
         w.add_feedback(True)
     for _ in range(down):

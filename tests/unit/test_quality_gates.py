@@ -9,29 +9,31 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.retrainer.domain import (
+from services.retrainer.domain.examples import (
+    REQUIRED_COLUMNS,
+    drop_overlap,
+    field_examples,
+    normalize_label,
+    outputs_match,
+    split_holdout,
+    tabular_examples,
+)
+from services.retrainer.domain.gates import (
     ACCURACY,
     DATA_SCHEMA,
     GATE_NAMES,
     NO_REGRESSION,
     P95_LATENCY,
     P95_LATENCY_RATIO,
-    REQUIRED_COLUMNS,
     GateThresholds,
     Measurements,
     accuracy_gate,
-    drop_overlap,
     evaluate_gates,
-    field_examples,
     latency_gate,
     latency_ratio_gate,
-    normalize_label,
-    outputs_match,
     percentile,
     regression_gate,
     schema_gate,
-    split_holdout,
-    tabular_examples,
 )
 
 COLUMNS = (*REQUIRED_COLUMNS, "version", "source", "rating")
@@ -130,7 +132,7 @@ def test_latency_ratio_without_a_timed_champion_passes_and_the_ceiling_still_app
 
 
 def test_empty_report_does_not_pass() -> None:
-    from services.retrainer.domain import GateReport
+    from services.retrainer.domain.gates import GateReport
 
     assert not GateReport(()).passed
 

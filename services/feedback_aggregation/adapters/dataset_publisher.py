@@ -30,13 +30,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import TypeAdapter
+
 from events import DatasetFile, DatasetPublished, Event, FeedbackRecorded, RetrainingRequested, decode
 from services.feedback_aggregation.adapters.dataset_writer import WrittenDataset, write_dataset
 from services.feedback_aggregation.adapters.mlflow_datasets import LATEST, DatasetRegistry, LoggedDataset
 from services.feedback_aggregation.domain.examples import ExampleRow, build_examples
 from services.feedback_aggregation.domain.triggers import TriggerDecision
 from services.shared.dataset_manifest import MANIFEST, ManifestMismatch, verify_manifest
-from services.shared.jsontext import parse_rfc3339, rfc3339
+from services.shared.jsontext import rfc3339
 from services.shared.kafka.publisher import KafkaPublisher, Record
 
 log = logging.getLogger(__name__)
@@ -81,27 +83,15 @@ class Pending:
         return TriggerDecision(True, self.reason, self.explanation, dict(self.metrics))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "publication_id": self.publication_id,
-            "model": self.model,
-            "dataset_name": self.dataset_name,
-            "reason": self.reason,
-            "explanation": self.explanation,
-            "metrics": self.metrics,
-            "created_at": rfc3339(self.created_at),
-        }
+        """JSON-ready form stored in Redis with the trigger state (read back with `from_json`)."""
+        return _PENDING_JSON.dump_python(self, mode="json")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pending:
-        return cls(
-            publication_id=data["publication_id"],
-            model=data["model"],
-            dataset_name=data["dataset_name"],
-            reason=data["reason"],
-            explanation=data["explanation"],
-            metrics={k: float(v) for k, v in data["metrics"].items()},
-            created_at=parse_rfc3339(data["created_at"]),
-        )
+        return _PENDING_JSON.validate_python(data)
+
+
+_PENDING_JSON = TypeAdapter(Pending)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from redis.asyncio import Redis
 
 from services.gateway.adapters.fleet_heartbeat import FleetHeartbeat
@@ -23,6 +23,7 @@ from services.gateway.entrypoints.reload_listener import ReloadListener
 from services.gateway.reloader import Reloader
 from services.gateway.settings import GatewaySettings
 from services.gateway.shadow import ShadowMirror
+from services.shared.http_deps import from_app_state
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys
 
@@ -52,9 +53,4 @@ class Gateway:
     heartbeat: FleetHeartbeat
 
 
-def get_gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+GatewayDep = Annotated[Gateway, Depends(from_app_state("gateway"))]

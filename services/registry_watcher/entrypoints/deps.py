@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from redis.asyncio import Redis
 
 from services.registry_watcher.adapters.alias_state import AliasStateStore
@@ -13,6 +13,7 @@ from services.registry_watcher.adapters.outbox import OutboxRelay
 from services.registry_watcher.entrypoints.poller import RegistryPoller
 from services.registry_watcher.handlers import AliasChangeRecorder
 from services.registry_watcher.settings import WatcherSettings
+from services.shared.http_deps import from_app_state
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys
 
@@ -44,9 +45,4 @@ class Watcher:
     binding: Binding
 
 
-def get_watcher(request: Request) -> Watcher:
-    watcher: Watcher = request.app.state.watcher
-    return watcher
-
-
-WatcherDep = Annotated[Watcher, Depends(get_watcher)]
+WatcherDep = Annotated[Watcher, Depends(from_app_state("watcher"))]

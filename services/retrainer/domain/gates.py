@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 DATA_SCHEMA = "data_schema"
@@ -68,13 +68,7 @@ class GateResult:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "passed": self.passed,
-            "value": self.value,
-            "threshold": self.threshold,
-            "message": self.message,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
