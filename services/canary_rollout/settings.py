@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from services.canary_rollout.domain.policy import DEFAULT_WEIGHTS, AnalysisMode, RolloutPolicy, Spending
+from services.shared.carry import carry
 from services.shared.fields import (
     consumer_group_field,
     count_field,
@@ -63,25 +64,5 @@ class CanarySettings(FlywheelSettings):
         return value
 
     def policy(self) -> RolloutPolicy:
-        return RolloutPolicy(
-            weights=self.canary_weights,
-            step_interval_s=self.canary_step_interval_s,
-            check_interval_s=self.canary_check_interval_s,
-            min_samples_per_variant=self.canary_min_samples,
-            max_error_rate_delta=self.canary_max_error_rate_delta,
-            max_p95_latency_ratio=self.canary_max_p95_latency_ratio,
-            max_p95_latency_delta_ms=self.canary_max_p95_latency_delta_ms,
-            min_thumbs_up_delta=self.canary_min_thumbs_up_delta,
-            min_feedback=self.canary_min_feedback,
-            alpha=self.canary_alpha,
-            max_failed_checks=self.canary_max_failed_checks,
-            analysis=self.canary_analysis,
-            false_promotion_rate=self.canary_false_promotion_rate,
-            sequential_horizon=self.canary_sequential_horizon,
-            sequential_feedback_horizon=self.canary_sequential_feedback_horizon,
-            spending=self.canary_spending,
-            watch_s=self.canary_watch_s,
-            shadow_samples=self.canary_shadow_samples,
-            shadow_share=self.canary_shadow_share,
-            min_shadow_agreement=self.canary_min_shadow_agreement,
-        )
+        """The rollout policy from the `canary_*` settings named like its fields (defaults for the rest)."""
+        return carry(self, RolloutPolicy, prefix="canary_", min_samples_per_variant=self.canary_min_samples)

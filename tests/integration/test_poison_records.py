@@ -13,6 +13,7 @@ from events import ALIAS_CHANGED, AliasChanged, AliasSource
 from services.cli.devstack.stack import Endpoints
 from services.gateway.adapters.request_log import RequestLog, ServedRequest
 from services.gateway.adapters.trace_export import TraceExportProcess
+from services.gateway.adapters.trace_writer import ExportLimits
 from services.registry_watcher.adapters.alias_state import AliasStateStore
 from services.registry_watcher.adapters.outbox import OutboxRelay
 from services.shared.kafka.profile import profile_named
@@ -96,7 +97,7 @@ class _EmptyTrace:
 
 
 def test_trace_export_writer_outlives_an_unserialisable_trace(stack: Endpoints) -> None:
-    channel = TraceExportProcess(stack.mlflow_tracking_uri, drain_s=5)
+    channel = TraceExportProcess(stack.mlflow_tracking_uri, ExportLimits(drain_s=5))
     try:
         channel.start()
         assert channel.submit(_UnserialisableTrace())  # type: ignore[arg-type]

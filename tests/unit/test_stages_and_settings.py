@@ -65,3 +65,21 @@ def test_invalid_setting_names_the_field(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_redact_url() -> None:
     assert redact_url("postgresql://u:secret@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert redact_url("http://mlflow:5000") == "http://mlflow:5000"
+
+
+def test_every_canary_knob_reaches_the_rollout_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy is carried from the `canary_*` settings by name: each env var must change the policy."""
+    from services.canary_rollout.settings import CanarySettings
+
+    monkeypatch.setenv("FLYWHEEL_CANARY_WEIGHTS", "5,50,100")
+    monkeypatch.setenv("FLYWHEEL_CANARY_ALPHA", "0.01")
+    monkeypatch.setenv("FLYWHEEL_CANARY_MIN_SAMPLES", "123")
+    monkeypatch.setenv("FLYWHEEL_CANARY_WATCH_S", "0")
+    monkeypatch.setenv("FLYWHEEL_CANARY_SHADOW_SHARE", "0.25")
+    policy = CanarySettings().policy()
+    assert policy.weights == (5.0, 50.0, 100.0)
+    assert (policy.alpha, policy.min_samples_per_variant, policy.watch_s) == (0.01, 123, 0.0)
+    assert policy.shadow_share == 0.25
+    carried = {name[len("canary_") :] for name in CanarySettings.model_fields if name.startswith("canary_")}
+    reached = carried & set(type(policy).model_fields)
+    assert len(reached) == 19, sorted(reached)  # every knob of the policy but min_samples (renamed)

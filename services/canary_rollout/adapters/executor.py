@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from services.canary_rollout import metrics
 from services.canary_rollout.adapters.store import RolloutStore
@@ -30,27 +31,23 @@ from services.shared.mlflow_registry import RegistryAdapter
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class CommandExecutor:
-    def __init__(
-        self,
-        settings: CanarySettings,
-        store: RolloutStore,
-        registry: RegistryAdapter,
-        publisher: KafkaPublisher,
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._registry = registry
-        self._publisher = publisher
+    """Runs a decision's commands in order; each is idempotent, so a list repeated after a crash converges."""
+
+    settings: CanarySettings
+    store: RolloutStore
+    registry: RegistryAdapter
+    publisher: KafkaPublisher
 
     def _alias(self, role: str) -> str:
-        return self._settings.champion_alias if role == "champion" else self._settings.challenger_alias
+        return self.settings.champion_alias if role == "champion" else self.settings.challenger_alias
 
     async def execute(self, machine: RolloutMachine, commands: Sequence[Command]) -> None:
         rollout = machine.rollout
         for command in commands:
             if isinstance(command, SetWeight):
-                await self._store.set_split(
+                await self.store.set_split(
                     command.model,
                     command.rollout_id,
                     command.weight,
@@ -60,9 +57,9 @@ class CommandExecutor:
                 )
             elif isinstance(command, KeepPrevious):
                 await asyncio.to_thread(
-                    self._registry.set_alias,
+                    self.registry.set_alias,
                     command.model,
-                    self._settings.previous_champion_alias,
+                    self.settings.previous_champion_alias,
                     command.version,
                 )
             elif isinstance(command, MoveAlias):
@@ -71,8 +68,8 @@ class CommandExecutor:
                 await self._delete(command, rollout.challenger_version if rollout else None)
             elif isinstance(command, Publish):
                 event = decision_event(command.decision)
-                await self._publisher.publish([Record.of(event)])
-                await self._store.append_decision(command.decision)
+                await self.publisher.publish([Record.of(event)])
+                await self.store.append_decision(command.decision)
                 metrics.DECISIONS.labels(command.decision.decision.value).inc()
                 log.info(
                     "%s %s: %s (step %d, weight %.0f%%) - %s",
@@ -87,23 +84,23 @@ class CommandExecutor:
     async def _move(self, command: MoveAlias, challenger_version: str | None) -> None:
         if command.alias == "champion" and challenger_version is not None:
             current = await asyncio.to_thread(
-                self._registry.version_by_alias, command.model, self._settings.challenger_alias
+                self.registry.version_by_alias, command.model, self.settings.challenger_alias
             )
             if current not in (None, challenger_version):
                 log.warning("not promoting %s: challenger now points at %s", command.model, current)
                 metrics.GUARDED.inc()
                 return
         await asyncio.to_thread(
-            self._registry.set_alias, command.model, self._alias(command.alias), command.version
+            self.registry.set_alias, command.model, self._alias(command.alias), command.version
         )
 
     async def _delete(self, command: DeleteAlias, challenger_version: str | None) -> None:
         alias = self._alias(command.alias)
-        current = await asyncio.to_thread(self._registry.version_by_alias, command.model, alias)
+        current = await asyncio.to_thread(self.registry.version_by_alias, command.model, alias)
         if current is None:
             return
         if command.alias == "challenger" and challenger_version is not None and current != challenger_version:
             log.warning("not deleting %s@%s: it points at %s now", command.model, alias, current)
             metrics.GUARDED.inc()
             return
-        await asyncio.to_thread(self._registry.delete_alias, command.model, alias)
+        await asyncio.to_thread(self.registry.delete_alias, command.model, alias)

@@ -23,7 +23,7 @@ sqlite) about 8-10 ms of CPU per trace on a small machine, so it ingests roughly
 gateway serving more than that for long builds a backlog, and past `max_queue` traces are dropped.
 `flush()` waits until everything handed over so far is written; `close()` flushes and stops the child.
 When the gateway goes away (EOF on the child's stdin, or SIGTERM/SIGINT to the process group) the child
-keeps writing what it has for at most `drain_s`, then exits.
+keeps writing what it has for at most `ExportLimits.drain_s`, then exits.
 
 Protocol: gateway -> child, one trace JSON per line. Child -> gateway (on the child's original stdout;
 anything the libraries print goes to stderr), one JSON line per batch with cumulative counts
@@ -53,6 +53,7 @@ from mlflow.tracing.export.mlflow_v3 import MlflowV3SpanExporter
 from prometheus_client import Counter, Gauge
 
 from services.gateway import metrics
+from services.gateway.adapters.trace_writer import ExportLimits
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +85,11 @@ class _Child:
 class TraceExportProcess:
     """Gateway side: bounded queue -> writer thread -> child's stdin; reader thread <- child's acks."""
 
-    def __init__(
-        self,
-        tracking_uri: str,
-        *,
-        max_queue: int = 10_000,
-        batch_size: int = 32,
-        nice: int = 10,
-        drain_s: float = 10.0,
-    ) -> None:
+    def __init__(self, tracking_uri: str, limits: ExportLimits = ExportLimits()) -> None:
         self.tracking_uri = tracking_uri
-        self._max_queue = max_queue
-        self._batch_size = batch_size
-        self._nice = nice
-        self._drain_s = drain_s
+        self._limits = limits
         # Only a hand-off buffer: the backlog waits in the child, as JSON, out of this process's heap.
-        self._queue: queue.Queue[Trace] = queue.Queue(maxsize=min(max_queue, _HANDOFF))
+        self._queue: queue.Queue[Trace] = queue.Queue(maxsize=min(limits.max_queue, _HANDOFF))
         self._lock = threading.Lock()
         self._progress = threading.Condition()
         self._stopping = threading.Event()
@@ -197,10 +187,7 @@ class TraceExportProcess:
             "-m",
             "services.gateway.adapters.trace_writer",
             self.tracking_uri,
-            str(self._batch_size),
-            str(self._nice),
-            str(self._max_queue),
-            str(self._drain_s),
+            self._limits.to_arg(),
         ]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT)
         child = _Child(proc)

@@ -14,11 +14,31 @@ import signal
 import sys
 import threading
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from mlflow.entities import Trace, TraceInfo
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportLimits:
+    """How the child exports: `batch_size` traces per MLflow write, at `nice` lower CPU priority,
+    holding at most `max_queue` traces, and writing on for up to `drain_s` once the gateway goes away.
+    Passed to the child as one JSON argument."""
+
+    max_queue: int = 10_000
+    batch_size: int = 32
+    nice: int = 10
+    drain_s: float = 10.0
+
+    def to_arg(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_arg(cls, arg: str) -> ExportLimits:
+        return cls(**json.loads(arg))
 
 
 def _spans_unsupported(exc: Exception) -> bool:
@@ -74,8 +94,7 @@ class _Writer:
 
 
 def _child_main(argv: list[str]) -> None:
-    tracking_uri, batch_size, nice, max_queue = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
-    drain_s = float(argv[4])
+    tracking_uri, limits = argv[0], ExportLimits.from_arg(argv[1])
     acks: IO[str] | None = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -83,10 +102,10 @@ def _child_main(argv: list[str]) -> None:
     deadline_started = threading.Event()
 
     def exit_soon(*_: object) -> None:
-        """The gateway is going away: keep writing what we have for up to `drain_s`, then exit."""
+        """The gateway is going away: keep writing what we have for up to `limits.drain_s`, then exit."""
         if not deadline_started.is_set():
             deadline_started.set()
-            timer = threading.Timer(drain_s, os._exit, args=(0,))
+            timer = threading.Timer(limits.drain_s, os._exit, args=(0,))
             timer.daemon = True
             timer.start()
 
@@ -94,12 +113,12 @@ def _child_main(argv: list[str]) -> None:
     # hands over what it has queued: drain instead of dying at once.
     signal.signal(signal.SIGINT, exit_soon)
     signal.signal(signal.SIGTERM, exit_soon)
-    if nice:
+    if limits.nice:
         with contextlib.suppress(OSError):
-            os.nice(nice)
+            os.nice(limits.nice)
     writer = _Writer(tracking_uri)
     # Bounded: when it is full the pipe fills, then the gateway's hand-off queue, then traces are dropped.
-    lines: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
+    lines: queue.Queue[bytes | None] = queue.Queue(maxsize=limits.max_queue)
 
     def read_stdin() -> None:
         for line in sys.stdin.buffer:
@@ -118,7 +137,7 @@ def _child_main(argv: list[str]) -> None:
                 eof = True
                 break
             raw.append(item)
-            if len(raw) >= batch_size:
+            if len(raw) >= limits.batch_size:
                 break
             try:
                 item = lines.get_nowait()

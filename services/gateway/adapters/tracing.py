@@ -30,6 +30,7 @@ from services.gateway.adapters.trace_export import (
     install,
     uninstall,
 )
+from services.gateway.adapters.trace_writer import ExportLimits
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,13 @@ class PredictionTracer:
         experiment: str,
         *,
         enabled: bool = True,
-        max_queue: int = 10_000,
-        exporter_nice: int = 10,
+        limits: ExportLimits = ExportLimits(),
     ) -> None:
         self.enabled = enabled
         self._tracking_uri = tracking_uri
         self._experiment = experiment
         self._experiment_id: str | None = None
-        self._channel = TraceExportProcess(tracking_uri, max_queue=max_queue, nice=exporter_nice)
+        self._channel = TraceExportProcess(tracking_uri, limits)
         self._exporter: ShippingSpanExporter | None = None
         self._previous: Any = None
         self._install_lock = threading.Lock()
