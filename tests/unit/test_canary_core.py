@@ -35,21 +35,11 @@ from services.canary_rollout.domain import (
     choose_variant,
     decision_event,
 )
+from tests.support.policies import FAST
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MODEL = "fraud"
 CHAMP, CHAL = "1", "2"
-FAST = RolloutPolicy(
-    step_interval_s=60,
-    check_interval_s=0,
-    min_samples_per_variant=50,
-    min_feedback=20,
-    max_failed_checks=3,
-    max_latency_samples=1000,
-    sequential_horizon=400,
-    sequential_feedback_horizon=200,
-    shadow_samples=0,  # the shadow step has tests of its own (SHADOW)
-)
 #: The per-step checks counted by max_failed_checks (FLYWHEEL_CANARY_ANALYSIS=fixed).
 FIXED = FAST.model_copy(update={"analysis": "fixed"})
 Kind = CanaryDecisionKind

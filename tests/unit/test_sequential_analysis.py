@@ -20,6 +20,7 @@ from services.canary_rollout.domain.sequential import (
     spent,
 )
 from services.canary_rollout.domain.window import Counts
+from tests.support.policies import FAST
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -69,15 +70,7 @@ def counts(requests: int, errors: int, up: int = 0, down: int = 0) -> Counts:
     return Counts(requests=requests, errors=errors, thumbs_up=up, thumbs_down=down)
 
 
-SMALL = RolloutPolicy(
-    weights=(50.0, 100.0),
-    check_interval_s=0,
-    step_interval_s=0,
-    min_samples_per_variant=50,
-    sequential_horizon=400,
-    sequential_feedback_horizon=200,
-    shadow_samples=0,
-)
+SMALL = FAST.model_copy(update={"weights": (50.0, 100.0), "step_interval_s": 0})
 
 
 def test_non_inferiority_needs_the_horizon_of_evidence_and_stays_shown() -> None:

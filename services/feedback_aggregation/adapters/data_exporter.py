@@ -65,21 +65,13 @@ class DataExporter:
             clauses.append(f"trace.timestamp_ms < {_ms(end)}")
         return " AND ".join(clauses)
 
-    def iter_traces(
-        self,
-        model_name: str,
-        rating: str | None = None,
-        start_date: datetime | None = None,
-        end_date: datetime | None = None,
-        limit: int | None = None,
-    ) -> Iterator[Trace]:
-        """Traces of `model_name` with the given rating, page by page (oldest first)."""
+    def _traces(self, filter_string: str, limit: int | None) -> Iterator[Trace]:
+        """Traces matching `filter_string`, page by page (oldest first), at most `limit`."""
         locations = self._locations()
         if not locations:
             return
         token: str | None = None
         seen = 0
-        filter_string = self._filter(model_name, rating, start_date, end_date)
         while True:
             page = self.client.search_traces(
                 locations=locations,
@@ -105,7 +97,7 @@ class DataExporter:
         end_date: datetime | None = None,
         limit: int = 1000,
     ) -> list[Trace]:
-        return list(self.iter_traces(model_name, rating, start_date, end_date, limit))
+        return list(self._traces(self._filter(model_name, rating, start_date, end_date), limit))
 
     def to_example(self, trace: Trace, rating: str | None = None) -> ExampleRow | None:
         """One example from a trace: corrected output first, else the original (thumbs-up) output."""
@@ -173,7 +165,7 @@ class DataExporter:
         """Stream matching traces into `path` without holding them all in memory."""
 
         def counted() -> Iterator[Trace]:
-            for trace in self.iter_traces(model_name, rating, start_date, end_date, limit):
+            for trace in self._traces(self._filter(model_name, rating, start_date, end_date), limit):
                 if on_trace is not None:
                     on_trace()
                 yield trace
