@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.shared.errors import Refused
+
 NUMERIC_FLOAT = {"double", "float"}
 NUMERIC_INT = {"long", "integer"}
 
@@ -26,13 +28,12 @@ class InputField:
     required: bool = True
 
 
-class InputError(ValueError):
+class InputError(Refused, ValueError):
     """A request input that does not match the signature; `field` is the JSON path of the culprit."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+    @property
+    def field(self) -> str:
+        return self.reason
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import hmac
 from dataclasses import dataclass
 from enum import StrEnum
 
+from services.shared.errors import Refused
+
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE_S = 300
 MAX_TIMESTAMP_DIGITS = 12
@@ -27,11 +29,10 @@ class RejectReason(StrEnum):
     BAD_SIGNATURE = "bad_signature"
 
 
-class SignatureRejected(Exception):
-    def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+class SignatureRejected(Refused):
+    """A webhook delivery whose signature headers are missing, stale or wrong (`reason`)."""
+
+    reason: RejectReason
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ async def mlflow_webhook(request: Request, watcher: WatcherDep) -> JSONResponse:
         )
     except SignatureRejected as exc:
         metrics.REJECTED.labels(reason=exc.reason.value).inc()
-        return _error(401, exc.reason.value, exc.detail)
+        return _error(401, exc.reason.value, exc.message)
     metrics.VERIFIED.inc()
 
     try:

@@ -25,6 +25,7 @@ from events import DatasetFile, RetrainingRequested
 from services.retrainer.domain.examples import REQUIRED_COLUMNS
 from services.retrainer.domain.gates import Measurements
 from services.shared.dataset_manifest import JSON_COLUMNS, MANIFEST, ManifestMismatch, verify_manifest
+from services.shared.errors import Refused
 from services.shared.jsontext import loads
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,8 @@ TAG_COMPLETE = "flywheel.dataset.complete"  # set by the publisher once every ar
 MANIFEST_SHA_KEYS = ("flywheel.dataset.manifest_sha256", "dataset.manifest_sha256", "manifest_sha256")
 
 
-class DatasetRejected(Exception):
+class DatasetRejected(Refused):
     """The dataset of a request cannot be used; `reason` is a short code for tags and metrics."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)
