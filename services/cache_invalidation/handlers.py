@@ -44,10 +44,10 @@ log = logging.getLogger(__name__)
 
 
 class Outcome(StrEnum):
-    APPLIED = "applied"
-    REDELIVERED = "redelivered"
-    STALE = "stale"
-    SKIPPED = "skipped"
+    APPLIED = "applied"  # newer than the resolution entry: caches invalidated, replicas told to reload
+    REDELIVERED = "redelivered"  # the entry's own event again: caches dropped and the notice sent again
+    STALE = "stale"  # older than the entry (a late or replayed event): ignored
+    SKIPPED = "skipped"  # a model this instance does not watch
 
 
 @dataclass(frozen=True)

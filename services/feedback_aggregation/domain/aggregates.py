@@ -63,12 +63,14 @@ class AggregateConfig:
 
 @dataclass
 class Counts:
-    inferences: int = 0
-    errors: int = 0
-    feedback: int = 0
+    """What one (model, version) saw in a window or in total; a revised vote moves between the fields."""
+
+    inferences: int = 0  # predictions served, failed ones included
+    errors: int = 0  # of those, the failed ones
+    feedback: int = 0  # votes counted (one per request and user: the latest)
     thumbs_up: int = 0
     thumbs_down: int = 0
-    corrections: int = 0
+    corrections: int = 0  # votes that came with a corrected output
 
     @property
     def rated(self) -> int:
