@@ -5,6 +5,10 @@ feedback token for this request and user (401/403) or exceeds the user's rate (4
 against what was served (the request log; a correction against the model's output schema), deduplicated
 per (request, user), published as FeedbackRecorded before the 202, and attached to the MLflow trace in the
 background. Errors are HTTP statuses (`HTTPException`) as the API documents them.
+
+Keys (the gateway's own): `{prefix}:feedback-seen:{request_id}:{user}` (the feedback id of a user's first
+rating of a request: a repeat is answered as a duplicate) and `{prefix}:gateway:feedback-rate:{user}:{minute}`
+(a user's ratings in one minute).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ async def record_feedback(gw: Gateway, body: FeedbackRequest) -> dict[str, Any]:
     await _within_rate(gw, body.user_id)
     await _check_correction(gw, request, body)
     feedback_id = uuid.uuid4().hex
-    seen_key = gw.keys.feedback_seen(request.request_id, body.user_id or "anonymous")
+    seen_key = gw.keys.key("feedback-seen", request.request_id, body.user_id or "anonymous")
     try:
         first = await gw.redis.set(seen_key, feedback_id, nx=True, ex=gw.settings.request_log_ttl_s)
         if not first:
@@ -104,7 +108,7 @@ async def _within_rate(gw: Gateway, user_id: str | None) -> None:
     if not limit:
         return
     minute = int(time.time() // 60)
-    key = gw.keys.feedback_rate(user_id or "anonymous", minute)
+    key = gw.keys.key("gateway", "feedback-rate", user_id or "anonymous", str(minute))
     try:
         async with gw.redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)

@@ -133,7 +133,7 @@ class RetrainHandler:
         if self.redis is None:
             result = await self._handle(event)
         else:
-            async with lease(self.redis, self.keys.retraining_lease(event.event_id)):
+            async with lease(self.redis, self.keys.key("retrainer", "lease", event.event_id)):
                 result = await self._handle(event)
         await self.publish_finished(event, result)
         return result

@@ -371,8 +371,8 @@ async def test_a_pending_publication_survives_the_worker_and_keeps_its_examples(
             raise AssertionError("the pending publication was not resumed")
         assert healthy.calls == [(pending_id, 6)]
         assert done["last_publication"]["publication_id"] == pending_id
-        assert await client.llen(keys.feedback_buffer(model)) == 3  # feedback after the trigger
-        assert not await client.exists(keys.feedback_pending_buffer(model))
+        assert await client.llen(second.store.key("buffer", model)) == 3  # feedback after the trigger
+        assert not await client.exists(second.store.key("pending-buffer", model))
         await second.close()
     finally:
         await client.aclose()

@@ -49,8 +49,10 @@ async def test_outbox_relay_sets_poison_aside_and_publishes_what_follows(stack: 
     reader = TopicReader(stack, ALIAS_CHANGED)
     model = unique("poison")
     try:
-        await redis.rpush(keys.outbox(model), "not an event", '{"schema": "flywheel.alias-changed/v9"}')
-        await redis.sadd(keys.outbox_pending(), model)
+        await redis.rpush(
+            state.key("outbox", model), "not an event", '{"schema": "flywheel.alias-changed/v9"}'
+        )
+        await redis.sadd(state.key("outbox-pending"), model)
         good = AliasChanged(
             producer="tests",
             model=model,
@@ -66,11 +68,11 @@ async def test_outbox_relay_sets_poison_aside_and_publishes_what_follows(stack: 
 
         arrived = await asyncio.to_thread(reader.wait_for, lambda e: e.event_id == good.event_id, 1)
         assert [e.event_id for e in arrived] == [good.event_id]
-        assert await redis.lrange(keys.outbox_dead_letters(model), 0, -1) == [
+        assert await redis.lrange(state.key("outbox-dead-letters", model), 0, -1) == [
             "not an event",
             '{"schema": "flywheel.alias-changed/v9"}',
         ]
-        assert await redis.llen(keys.outbox(model)) == 0
+        assert await redis.llen(state.key("outbox", model)) == 0
     finally:
         reader.close()
         publisher.close()

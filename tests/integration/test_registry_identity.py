@@ -15,7 +15,6 @@ from services.cli.devstack.stack import Endpoints
 from services.registry_watcher.adapters.registry_identity import registry_identity
 from services.registry_watcher.bootstrap import create_app
 from services.registry_watcher.settings import WatcherSettings
-from services.shared.redis_store import RedisKeys
 from tests.support import TopicReader, alias_payload, settings_on, signed_headers, unique
 
 pytestmark = pytest.mark.integration
@@ -40,11 +39,12 @@ def test_another_registrys_namespace_is_refused_then_adopted_only_when_told(
     client.create_registered_model(model)
     client.create_model_version(model, source="s3://flywheel-tests/model", run_id=None)
     client.set_registered_model_alias(model, "champion", "1")
-    keys = RedisKeys(prefix)
-    # What an older registry left in this namespace: its identity and aliases this registry lacks.
-    redis_client.set(keys.registry_identity(), "an-older-registry")
-    redis_client.hset(keys.alias_state(model), mapping={"champion": "7", "challenger": "8", "__rev": "3"})
-    redis_client.sadd(keys.alias_state_models(), model)
+    # What an older registry left in this namespace (the watcher's key layout is persistent data, so it is
+    # spelled out here): its identity and aliases this registry lacks.
+    identity_key, aliases_key = f"{prefix}:watcher:registry-id", f"{prefix}:watcher:aliases:{model}"
+    redis_client.set(identity_key, "an-older-registry")
+    redis_client.hset(aliases_key, mapping={"champion": "7", "challenger": "8", "__rev": "3"})
+    redis_client.sadd(f"{prefix}:watcher:models", model)
     body = alias_payload(model, "champion", "1")
 
     with TestClient(create_app(settings_for(stack, prefix))) as refused:
@@ -59,11 +59,11 @@ def test_another_registrys_namespace_is_refused_then_adopted_only_when_told(
         assert ready.status_code == 503 and ready.json()["checks"]["registry"] != "ok"
     alias_topic.settle(0.5)
     assert alias_topic.events(lambda e: isinstance(e, AliasChanged) and e.model == model) == []
-    assert redis_client.hget(keys.alias_state(model), "champion") == "7"  # untouched
+    assert redis_client.hget(aliases_key, "champion") == "7"  # untouched
 
     with TestClient(create_app(settings_for(stack, prefix, registry_adopt=True))) as adopted:
         events = alias_topic.wait_for(lambda e: isinstance(e, AliasChanged) and e.model == model, 1, 20)
         assert adopted.get("/readyz").status_code == 200
     published = [(e.alias, e.action.value, e.version) for e in events]  # type: ignore[attr-defined]
     assert published == [("champion", "set", "1")]  # this registry's aliases as they are, no deletion
-    assert redis_client.get(keys.registry_identity()) == registry_identity(client)
+    assert redis_client.get(identity_key) == registry_identity(client)

@@ -1,17 +1,20 @@
 """Redis persistence of feedback aggregation: every write that matters is one Lua script, so an effect
 and the progress that records it are stored together or not at all.
 
-Per model (keys in `RedisKeys`, "feedback aggregation" section):
-- `feedback_state(model)` hash: `seq` = events applied so far; `snapshot` (aggregates JSON) taken at
+Per model (this worker's own keys, `FeedbackStore.key`; only the summary and the model set are in the
+shared `RedisKeys`, because the console reads them):
+- `feedback:state:{model}` hash: `seq` = events applied so far; `snapshot` (aggregates JSON) taken at
   `snapshot_seq`; `trigger` (TriggerState JSON); `pending_id` + `pending` (publication in progress);
   `last_publication`.
-- `feedback_journal(model)` list: the raw events applied after the snapshot, in order. State =
+- `feedback:journal:{model}` list: the raw events applied after the snapshot, in order. State =
   snapshot + replay of the journal through the pure `core.aggregates.apply` (deterministic), so a
   snapshot (hundreds of KB with the dedup ids) is written every `snapshot_every` events, not per event.
-- `feedback_buffer(model)` list: raw feedback for the next dataset; renamed to
-  `feedback_pending_buffer(model)` when a publication starts, so its examples can be rebuilt identically.
-- `feedback_summary(model)`: the summary JSON readers use (`read_summary`).
-Global: `feedback_progress()` hash `topic:partition` -> offset of the last applied event.
+- `feedback:buffer:{model}` list: raw feedback for the next dataset; renamed to
+  `feedback:pending-buffer:{model}` when a publication starts, so its examples can be rebuilt identically.
+- `feedback:summary:{model}`: the summary JSON readers use (`read_summary`).
+- `feedback:publication-lease:{model}`: the worker running the model's publication (one at a time).
+Global: `feedback:progress` hash `topic:partition` -> offset of the last applied event;
+`feedback:pending-models` set: models with a publication in progress (resumed after a restart).
 
 `append_batch` persists one batch of applied events in one step: for every model of the batch it
 appends the raw events to the journal (and the feedback ones to the buffer), bumps `seq` by their number
@@ -34,7 +37,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
@@ -189,6 +192,11 @@ def progress_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+OwnKey = Literal[
+    "state", "journal", "buffer", "pending-buffer", "progress", "pending-models", "publication-lease"
+]
+
+
 class FeedbackStore:
     def __init__(self, redis: aioredis.Redis, keys: RedisKeys) -> None:
         self.redis = redis
@@ -201,10 +209,14 @@ class FeedbackStore:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
+    def key(self, kind: OwnKey, model: str | None = None) -> str:
+        """One of this worker's own keys, `{prefix}:feedback:{kind}[:{model}]` (layout above)."""
+        return self.keys.key("feedback", kind) if model is None else self.keys.key("feedback", kind, model)
+
     async def load(self, model: str) -> StoredModel:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.keys.feedback_state(model))
-            pipe.lrange(self.keys.feedback_journal(model), 0, -1)
+            pipe.hgetall(self.key("state", model))
+            pipe.lrange(self.key("journal", model), 0, -1)
             fields, journal = cast(tuple[dict[str, str], list[str]], await pipe.execute())
         return StoredModel(
             seq=int(fields.get("seq", 0)),
@@ -224,7 +236,7 @@ class FeedbackStore:
 
     async def progress_of(self, key: str) -> int:
         """`progress` by progress field (`progress_field(topic, partition)`)."""
-        raw = await self.redis.hget(self.keys.feedback_progress(), key)
+        raw = await self.redis.hget(self.key("progress"), key)
         return int(raw) if raw is not None else -1
 
     async def append_batch(
@@ -237,7 +249,7 @@ class FeedbackStore:
         """Persist a batch (see the module docstring). `progress`: progress field -> (first, last)
         offset of the batch's applied events in that partition. Returns the status, the model or
         partition that refused (conflict/done) and, when OK, each model's new `seq`."""
-        keys: list[str] = [self.keys.feedback_progress(), self.keys.feedback_models()]
+        keys: list[str] = [self.key("progress"), self.keys.feedback_models()]
         args: list[Any] = [len(appends), len(progress), buffer_max]
         for key, (first, last) in progress.items():
             args += (key, first, last)
@@ -245,9 +257,9 @@ class FeedbackStore:
             if not append.events or len(append.buffered) != len(append.events):
                 raise ValueError(f"{append.model}: a batch write needs events and one flag per event")
             keys += (
-                self.keys.feedback_state(append.model),
-                self.keys.feedback_journal(append.model),
-                self.keys.feedback_buffer(append.model),
+                self.key("state", append.model),
+                self.key("journal", append.model),
+                self.key("buffer", append.model),
                 self.keys.feedback_summary(append.model),
             )
             args += (append.model, append.expected_seq, len(append.events), append.buffered, append.summary)
@@ -260,11 +272,11 @@ class FeedbackStore:
 
     async def write_summary_if(self, model: str, seq: int, summary: str) -> bool:
         """Write the summary unless the model moved past `seq` (its writer writes a newer one)."""
-        keys = [self.keys.feedback_state(model), self.keys.feedback_summary(model)]
+        keys = [self.key("state", model), self.keys.feedback_summary(model)]
         return bool(await self._summary(keys=keys, args=[seq, summary]))
 
     async def snapshot(self, model: str, seq: int, snapshot: str) -> bool:
-        keys = [self.keys.feedback_state(model), self.keys.feedback_journal(model)]
+        keys = [self.key("state", model), self.key("journal", model)]
         return bool(await self._snapshot(keys=keys, args=[seq, snapshot]))
 
     async def begin_publication(
@@ -280,10 +292,10 @@ class FeedbackStore:
     ) -> BeginStatus:
         status = await self._begin(
             keys=[
-                self.keys.feedback_state(model),
-                self.keys.feedback_buffer(model),
-                self.keys.feedback_pending_buffer(model),
-                self.keys.feedback_pending_models(),
+                self.key("state", model),
+                self.key("buffer", model),
+                self.key("pending-buffer", model),
+                self.key("pending-models"),
                 self.keys.feedback_summary(model),
             ],
             args=[expected_seq, expected_trigger, trigger, pending_id, pending, model, summary],
@@ -291,14 +303,14 @@ class FeedbackStore:
         return BeginStatus(status)
 
     async def pending_feedback(self, model: str) -> list[str]:
-        return cast(list[str], await self.redis.lrange(self.keys.feedback_pending_buffer(model), 0, -1))
+        return cast(list[str], await self.redis.lrange(self.key("pending-buffer", model), 0, -1))
 
     async def finish_publication(self, model: str, pending_id: str, last: str, summary: str) -> bool:
         done = await self._finish(
             keys=[
-                self.keys.feedback_state(model),
-                self.keys.feedback_pending_buffer(model),
-                self.keys.feedback_pending_models(),
+                self.key("state", model),
+                self.key("pending-buffer", model),
+                self.key("pending-models"),
                 self.keys.feedback_summary(model),
             ],
             args=[pending_id, last, model, summary],
@@ -309,22 +321,22 @@ class FeedbackStore:
         return cast(set[str], await self.redis.smembers(self.keys.feedback_models()))
 
     async def pending_models(self) -> set[str]:
-        return cast(set[str], await self.redis.smembers(self.keys.feedback_pending_models()))
+        return cast(set[str], await self.redis.smembers(self.key("pending-models")))
 
     async def write_summary(self, model: str, summary: str) -> None:
         await self.redis.set(self.keys.feedback_summary(model), summary)
 
     # --- publication lease --------------------------------------------------------------------------
     async def acquire_lease(self, model: str, token: str, ttl_s: float) -> bool:
-        key = self.keys.feedback_publication_lease(model)
+        key = self.key("publication-lease", model)
         return bool(await self.redis.set(key, token, nx=True, px=int(ttl_s * 1000)))
 
     async def renew_lease(self, model: str, token: str, ttl_s: float) -> bool:
-        key = self.keys.feedback_publication_lease(model)
+        key = self.key("publication-lease", model)
         return bool(await self._renew(keys=[key], args=[token, int(ttl_s * 1000)]))
 
     async def release_lease(self, model: str, token: str) -> None:
-        await self._release(keys=[self.keys.feedback_publication_lease(model)], args=[token])
+        await self._release(keys=[self.key("publication-lease", model)], args=[token])
 
 
 # --- readers ------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 Written fire-and-forget after each prediction (a Redis outage costs the log entry, never the request);
 read by the feedback endpoint. MLflow's trace (metadata `flywheel.request_id`) stays the source of truth
 when the log entry expired or was never written.
+
+Keys (the gateway's own): `{prefix}:request:{request_id}` (the ServedRequest JSON) and
+`{prefix}:trace-request:{trace_id}` (its request id, for feedback given by trace id), both with the TTL.
 """
 
 from __future__ import annotations
@@ -71,9 +74,13 @@ class RequestLog:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for served, raw in encoded:
-                    pipe.set(self._keys.request_log(served.request_id), raw, ex=self._ttl_s)
+                    pipe.set(self._keys.key("request", served.request_id), raw, ex=self._ttl_s)
                     if served.trace_id:
-                        pipe.set(self._keys.trace_request(served.trace_id), served.request_id, ex=self._ttl_s)
+                        pipe.set(
+                            self._keys.key("trace-request", served.trace_id),
+                            served.request_id,
+                            ex=self._ttl_s,
+                        )
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             metrics.REQUEST_LOG.labels("unavailable").inc(len(encoded))
@@ -83,9 +90,9 @@ class RequestLog:
 
     async def by_request(self, request_id: str) -> ServedRequest | None:
         await self.flush()
-        raw = await self._redis.get(self._keys.request_log(request_id))
+        raw = await self._redis.get(self._keys.key("request", request_id))
         return ServedRequest.model_validate_json(raw) if raw else None
 
     async def by_trace(self, trace_id: str) -> ServedRequest | None:
-        request_id = await self._redis.get(self._keys.trace_request(trace_id))
+        request_id = await self._redis.get(self._keys.key("trace-request", trace_id))
         return await self.by_request(str(request_id)) if request_id else None

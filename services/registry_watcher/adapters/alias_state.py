@@ -8,13 +8,21 @@ script checks the revision, applies the alias changes, appends the encoded event
 list and bumps the revision in one atomic step. So a change seen by both the webhook and the poller is
 committed once, `previous_version` is exactly the value it replaced, and no event is lost between the
 state write and Kafka (the outbox is drained to Kafka by `outbox.OutboxRelay`).
+
+Keys (the watcher's own, `AliasStateStore.key`): `watcher:aliases:{model}` (the hash above),
+`watcher:models` (models with alias state), `watcher:registry-id` (the registry the state belongs to,
+see `registry_identity.py`), `watcher:outbox:{model}` (encoded AliasChanged events not yet acknowledged by
+Kafka, oldest first), `watcher:outbox-pending` (models whose outbox is not empty),
+`watcher:outbox-dead-letters:{model}` (entries that were not readable events, set aside),
+`watcher:outbox-lock:{model}` (one relay drains a model at a time), `watcher:delivery:{id}` (webhook
+deliveries already handled, for a while).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Literal, cast
 
 import redis.asyncio as aioredis
 
@@ -80,6 +88,18 @@ class AliasSnapshot:
         return observed_at is not None and held is not None and observed_at < held
 
 
+OwnKey = Literal[
+    "aliases",
+    "models",
+    "registry-id",
+    "outbox",
+    "outbox-pending",
+    "outbox-dead-letters",
+    "outbox-lock",
+    "delivery",
+]
+
+
 class AliasStateStore:
     def __init__(self, redis: aioredis.Redis, keys: RedisKeys) -> None:
         self._redis = redis
@@ -88,23 +108,27 @@ class AliasStateStore:
         self._ack = redis.register_script(_ACK_LUA)
         self._bind = redis.register_script(_BIND_LUA)
 
+    def key(self, kind: OwnKey, of: str | None = None) -> str:
+        """One of the watcher's own keys, `{prefix}:watcher:{kind}[:{of}]` (no other service reads them)."""
+        return self._keys.key("watcher", kind) if of is None else self._keys.key("watcher", kind, of)
+
     async def bind(self, registry_id: str, *, adopt: bool) -> tuple[str, str]:
         """(status, identity stored before) — see `adapters/registry_identity.py`."""
-        keys = [self._keys.registry_identity(), self._keys.alias_state_models()]
+        keys = [self.key("registry-id"), self.key("models")]
         status, stored = await self._bind(
-            keys=keys, args=[registry_id, "1" if adopt else "0", self._keys.alias_state("")]
+            keys=keys, args=[registry_id, "1" if adopt else "0", self.key("aliases", "")]
         )
         return str(status), str(stored)
 
     async def snapshot(self, model: str) -> AliasSnapshot:
-        raw = cast(dict[str, str], await self._redis.hgetall(self._keys.alias_state(model)))
+        raw = cast(dict[str, str], await self._redis.hgetall(self.key("aliases", model)))
         return self._to_snapshot(model, raw)
 
     async def snapshots(self, models: Iterable[str]) -> dict[str, AliasSnapshot]:
         names = sorted(set(models))
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.hgetall(self._keys.alias_state(name))
+                pipe.hgetall(self.key("aliases", name))
             raws = await pipe.execute()
         return {name: self._to_snapshot(name, raw) for name, raw in zip(names, raws, strict=True)}
 
@@ -116,7 +140,7 @@ class AliasStateStore:
         return AliasSnapshot(model=model, rev=rev, aliases=aliases, observed_at=stamps)
 
     async def known_models(self) -> set[str]:
-        return cast(set[str], await self._redis.smembers(self._keys.alias_state_models()))
+        return cast(set[str], await self._redis.smembers(self.key("models")))
 
     async def commit(
         self,
@@ -142,34 +166,34 @@ class AliasStateStore:
                 "" if at is None else repr(float(at)),
             ]
         keys = [
-            self._keys.alias_state(snapshot.model),
-            self._keys.outbox(snapshot.model),
-            self._keys.outbox_pending(),
-            self._keys.alias_state_models(),
+            self.key("aliases", snapshot.model),
+            self.key("outbox", snapshot.model),
+            self.key("outbox-pending"),
+            self.key("models"),
         ]
         result = await self._commit(keys=keys, args=args)
         return int(result) >= 0
 
     # --- outbox --------------------------------------------------------------------------------
     async def pending_models(self) -> set[str]:
-        return cast(set[str], await self._redis.smembers(self._keys.outbox_pending()))
+        return cast(set[str], await self._redis.smembers(self.key("outbox-pending")))
 
     async def outbox(self, model: str, limit: int = 500) -> list[str]:
-        return cast(list[str], await self._redis.lrange(self._keys.outbox(model), 0, limit - 1))
+        return cast(list[str], await self._redis.lrange(self.key("outbox", model), 0, limit - 1))
 
     async def ack(self, model: str, count: int) -> int:
         """Drop the `count` oldest outbox entries (published); returns how many remain."""
-        keys = [self._keys.outbox(model), self._keys.outbox_pending()]
+        keys = [self.key("outbox", model), self.key("outbox-pending")]
         return int(await self._ack(keys=keys, args=[count, model]))
 
     async def dead_letter(self, model: str, entries: Sequence[str]) -> None:
         """Move the `len(entries)` oldest outbox entries (unreadable) to the model's dead-letter list."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self._keys.outbox_dead_letters(model), *entries)
-            pipe.ltrim(self._keys.outbox(model), len(entries), -1)
+            pipe.rpush(self.key("outbox-dead-letters", model), *entries)
+            pipe.ltrim(self.key("outbox", model), len(entries), -1)
             await pipe.execute()
 
     def lock(self, model: str, timeout_s: float) -> aioredis.lock.Lock:
         return self._redis.lock(
-            self._keys.outbox_lock(model), timeout=timeout_s * 2, blocking_timeout=timeout_s
+            self.key("outbox-lock", model), timeout=timeout_s * 2, blocking_timeout=timeout_s
         )

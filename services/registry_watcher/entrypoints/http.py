@@ -109,7 +109,7 @@ async def mlflow_webhook(request: Request, watcher: WatcherDep) -> JSONResponse:
     if not watcher.binding.ok:  # another registry's alias state, or not checked yet: publish nothing
         metrics.REJECTED.labels(reason=f"registry_{watcher.binding.status}").inc()
         return _error(503, f"registry_{watcher.binding.status}", watcher.binding.detail)
-    delivery_key = watcher.keys.webhook_delivery(delivery.delivery_id)
+    delivery_key = watcher.state.key("delivery", delivery.delivery_id)
     try:
         if await watcher.redis.exists(delivery_key):
             metrics.DEDUP_HITS.labels(kind="delivery").inc()
