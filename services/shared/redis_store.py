@@ -45,36 +45,36 @@ class RedisKeys:
 
     def resolution(self, model: str) -> str:
         """Hash alias -> JSON {version, event_id, occurred_at}: the alias resolution cache."""
-        return f"{self.prefix}:resolution:{model}"
+        return self.key("resolution", model)
 
     def resolution_models(self) -> str:
-        return f"{self.prefix}:resolution:models"
+        return self.key("resolution", "models")
 
     def reload_channel(self) -> str:
-        return f"{self.prefix}:reload"
+        return self.key("reload")
 
     def fleet_replicas(self) -> str:
         """Sorted set of gateway replicas by last heartbeat (services.shared.fleet)."""
-        return f"{self.prefix}:fleet:replicas"
+        return self.key("fleet", "replicas")
 
     def fleet_replica(self, replica: str) -> str:
         """ReplicaStatus JSON of one gateway replica, with a time to live (services.shared.fleet)."""
-        return f"{self.prefix}:fleet:replica:{replica}"
+        return self.key("fleet", "replica", replica)
 
     def traffic_split(self, model: str) -> str:
         """TrafficSplit JSON of the model's canary rollout (services.shared.traffic)."""
-        return f"{self.prefix}:traffic:{model}"
+        return self.key("traffic", model)
 
     def rollout_state(self, model: str) -> str:
         """CanaryState JSON of the model's rollout machine (persisted after every decision and tick)."""
-        return f"{self.prefix}:canary:state:{model}"
+        return self.key("canary", "state", model)
 
     def rollout_models(self) -> str:
-        return f"{self.prefix}:canary:models"
+        return self.key("canary", "models")
 
     def feedback_summary(self, model: str) -> str:
         """Summary JSON of the model's aggregates per version (read with `read_summary`)."""
-        return f"{self.prefix}:feedback:summary:{model}"
+        return self.key("feedback", "summary", model)
 
     def feedback_models(self) -> str:
-        return f"{self.prefix}:feedback:models"
+        return self.key("feedback", "models")

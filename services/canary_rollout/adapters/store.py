@@ -32,9 +32,9 @@ class RolloutStore:
         self.redis = redis
         self.keys = keys
 
-    def key(self, kind: OwnKey, of: str | None = None) -> str:
+    def key(self, kind: OwnKey, *of: str) -> str:
         """One of this service's own keys, `{prefix}:canary:{kind}[:{of}]` (layout above)."""
-        return self.keys.key("canary", kind) if of is None else self.keys.key("canary", kind, of)
+        return self.keys.key("canary", kind, *of)
 
     async def load(self, model: str, policy: RolloutPolicy) -> RolloutMachine:
         raw = await self.redis.get(self.keys.rollout_state(model))

@@ -209,9 +209,9 @@ class FeedbackStore:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
-    def key(self, kind: OwnKey, model: str | None = None) -> str:
+    def key(self, kind: OwnKey, *model: str) -> str:
         """One of this worker's own keys, `{prefix}:feedback:{kind}[:{model}]` (layout above)."""
-        return self.keys.key("feedback", kind) if model is None else self.keys.key("feedback", kind, model)
+        return self.keys.key("feedback", kind, *model)
 
     async def load(self, model: str) -> StoredModel:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -108,9 +108,9 @@ class AliasStateStore:
         self._ack = redis.register_script(_ACK_LUA)
         self._bind = redis.register_script(_BIND_LUA)
 
-    def key(self, kind: OwnKey, of: str | None = None) -> str:
+    def key(self, kind: OwnKey, *of: str) -> str:
         """One of the watcher's own keys, `{prefix}:watcher:{kind}[:{of}]` (no other service reads them)."""
-        return self._keys.key("watcher", kind) if of is None else self._keys.key("watcher", kind, of)
+        return self._keys.key("watcher", kind, *of)
 
     async def bind(self, registry_id: str, *, adopt: bool) -> tuple[str, str]:
         """(status, identity stored before) — see `adapters/registry_identity.py`."""
