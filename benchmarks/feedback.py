@@ -35,7 +35,7 @@ from events import FEEDBACK_RECORDED, FeedbackRating, FeedbackRecorded, encode, 
 from services.cli.devstack.process import free_port
 from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import StackRunner
-from services.feedback_aggregation.adapters.store import read_summary_sync
+from services.shared.feedback_summary import read_summary_sync
 from services.shared.kafka.profile import profile_named
 from services.shared.redis_store import RedisKeys
 

@@ -243,9 +243,9 @@ class ConsumerRuntime:
             return
         ends = await asyncio.wait_for(reader.end_offsets(assigned), self.lag_interval_s * 2)
         positions = {tp: self._next_offsets.get(tp) for tp in assigned}
-        for tp, position in positions.items():
-            if position is None:
-                positions[tp] = await position_of(reader, tp, self.lag_interval_s)
+        unknown = [tp for tp, position in positions.items() if position is None]
+        asked = await asyncio.gather(*(position_of(reader, tp, self.lag_interval_s) for tp in unknown))
+        positions.update(zip(unknown, asked, strict=True))
         self._lag.show(consumer_lag(ends, positions))
 
     def _offset_reader(self) -> OffsetReader | None:

@@ -73,7 +73,7 @@ class RedisKeys:
         return self.key("canary", "models")
 
     def feedback_summary(self, model: str) -> str:
-        """Summary JSON of the model's aggregates per version (read with `read_summary`)."""
+        """Summary JSON of the model's aggregates per version (`services.shared.feedback_summary`)."""
         return self.key("feedback", "summary", model)
 
     def feedback_models(self) -> str:

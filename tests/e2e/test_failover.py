@@ -33,8 +33,8 @@ from services.cli.devstack.process import free_port
 from services.cli.devstack.sample_models import register_wine_version, wine_data
 from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import RunningService, StackRunner
-from services.feedback_aggregation.adapters.store import read_summary_sync
 from services.shared.consumer import partition_of
+from services.shared.feedback_summary import read_summary_sync
 from services.shared.kafka.admin import TopicShape, ensure_topics
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher

@@ -50,7 +50,7 @@ from services.feedback_aggregation.adapters.mlflow_datasets import (
     TAG_VERSION,
     DatasetRegistry,
 )
-from services.feedback_aggregation.adapters.store import FeedbackStore, read_summary, read_summary_sync
+from services.feedback_aggregation.adapters.store import FeedbackStore
 from services.feedback_aggregation.domain.aggregates import apply, new_state
 from services.feedback_aggregation.domain.examples import ExampleRow, build_examples
 from services.feedback_aggregation.domain.triggers import (
@@ -63,6 +63,7 @@ from services.feedback_aggregation.handlers import FeedbackService, ModelView
 from services.feedback_aggregation.settings import FeedbackSettings
 from services.shared.consumer import Message
 from services.shared.dataset_manifest import verify_manifest
+from services.shared.feedback_summary import read_summary, read_summary_sync
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys, async_redis
 from tests.support import TopicReader, also_on_tansu, caught_up, unique

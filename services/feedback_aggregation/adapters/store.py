@@ -11,7 +11,7 @@ shared `RedisKeys`, because the console reads them):
   snapshot (hundreds of KB with the dedup ids) is written every `snapshot_every` events, not per event.
 - `feedback:buffer:{model}` list: raw feedback for the next dataset; renamed to
   `feedback:pending-buffer:{model}` when a publication starts, so its examples can be rebuilt identically.
-- `feedback:summary:{model}`: the summary JSON readers use (`read_summary`).
+- `feedback:summary:{model}`: the summary JSON readers use (`services.shared.feedback_summary.read_summary`).
 - `feedback:publication-lease:{model}`: the worker running the model's publication (one at a time).
 Global: `feedback:progress` hash `topic:partition` -> offset of the last applied event;
 `feedback:pending-models` set: models with a publication in progress (resumed after a restart).
@@ -40,7 +40,6 @@ from enum import StrEnum
 from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
-from redis import Redis as SyncRedis
 
 from services.shared.redis_store import RedisKeys
 
@@ -337,22 +336,3 @@ class FeedbackStore:
 
     async def release_lease(self, model: str, token: str) -> None:
         await self._release(keys=[self.key("publication-lease", model)], args=[token])
-
-
-# --- readers ------------------------------------------------------------------------------------------
-
-
-async def read_summary(redis: aioredis.Redis, keys: RedisKeys, model: str) -> dict[str, Any] | None:
-    """The model's feedback summary (see `service.SUMMARY_FORMAT`), or None before its first event."""
-    raw = await redis.get(keys.feedback_summary(model))
-    return cast(dict[str, Any], json.loads(raw)) if raw else None
-
-
-def read_summary_sync(redis: SyncRedis, keys: RedisKeys, model: str) -> dict[str, Any] | None:
-    """`read_summary` for synchronous callers (`flywheel status`)."""
-    raw = redis.get(keys.feedback_summary(model))
-    return cast(dict[str, Any], json.loads(cast(str, raw))) if raw else None
-
-
-async def summarised_models(redis: aioredis.Redis, keys: RedisKeys) -> set[str]:
-    return cast(set[str], await redis.smembers(keys.feedback_models()))

@@ -41,12 +41,15 @@ class FleetHeartbeat:
         self._task: asyncio.Task[None] | None = None
 
     def status(self) -> ReplicaStatus:
-        serving = []
-        for model, aliases in sorted(self._table.served().items()):
-            swapped = self._table.swapped_at(model)
-            for alias, version in sorted(aliases.items()):
-                since = datetime.fromtimestamp(swapped[alias], UTC) if alias in swapped else None
-                serving.append(ServedAlias(model=model, alias=alias, version=version, since=since))
+        serving = [
+            ServedAlias(
+                model=model,
+                alias=alias,
+                version=version,
+                since=datetime.fromtimestamp(swapped, UTC) if swapped is not None else None,
+            )
+            for model, alias, version, swapped in self._table.serving_since()
+        ]
         return ReplicaStatus(
             replica=self._replica,
             url=self._url,

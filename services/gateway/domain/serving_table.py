@@ -45,6 +45,15 @@ class ServingTable:
         with self._lock:
             return {a: t for (name, a), t in self._swapped_at.items() if name == model}
 
+    def serving_since(self) -> list[tuple[str, str, str, float | None]]:
+        """(model, alias, version, time of its swap or None), sorted, read under one lock so each version
+        is paired with its own swap time."""
+        with self._lock:
+            return sorted(
+                (name, alias, loaded.version, self._swapped_at.get((name, alias)))
+                for (name, alias), loaded in self._serving.items()
+            )
+
     def served(self) -> dict[str, dict[str, str]]:
         with self._lock:
             result: dict[str, dict[str, str]] = {}

@@ -22,9 +22,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from events.envelope import Event
 from services.shared import http_json
 from services.shared.console.feedback import FeedbackSummary, read_feedback
-from services.shared.console.ledger import DatasetVersion, Ledger, RetrainingRun, read_ledger
+from services.shared.console.ledger import (
+    DatasetVersion,
+    Ledger,
+    RetrainingRun,
+    ledgers_of,
+    read_ledger_events,
+)
 from services.shared.console.overview import (
     ModelOverview,
     StatusReport,
@@ -67,24 +74,29 @@ class Fleet(BaseModel):
 
 
 class LedgerCache:
-    """A model's ledger for `LEDGER_TTL_S`; one Kafka read at a time per model."""
+    """Every model's ledger events for `LEDGER_TTL_S`, read from Kafka once (at most one read at a time)
+    for all the pages that ask; each page builds the ledger of its model from them."""
 
     def __init__(self, settings: FlywheelSettings) -> None:
         self._settings = settings
-        self._entries: dict[str | None, tuple[float, dict[str, Ledger]]] = {}
-        self._locks: dict[str | None, asyncio.Lock] = {}
+        self._events: list[Event] = []
+        self._read_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def _read(self) -> list[Event]:
+        async with self._lock:
+            if self._read_at is None or time.monotonic() - self._read_at >= LEDGER_TTL_S:
+                try:
+                    self._events = await asyncio.to_thread(read_ledger_events, self._settings)
+                except HistoryUnavailable as exc:
+                    raise HTTPException(503, detail=str(exc), headers={"Retry-After": "5"}) from exc
+                self._read_at = time.monotonic()
+            return self._events
 
     async def get(self, model: str | None) -> dict[str, Ledger]:
-        async with self._locks.setdefault(model, asyncio.Lock()):
-            cached = self._entries.get(model)
-            if cached is not None and time.monotonic() - cached[0] < LEDGER_TTL_S:
-                return cached[1]
-            try:
-                ledgers = await asyncio.to_thread(read_ledger, self._settings, model, model is not None)
-            except HistoryUnavailable as exc:
-                raise HTTPException(503, detail=str(exc), headers={"Retry-After": "5"}) from exc
-            self._entries[model] = (time.monotonic(), ledgers)
-            return ledgers
+        """The ledger of `model` with its MLflow links, or of every model without them (the status)."""
+        events = await self._read()
+        return await asyncio.to_thread(ledgers_of, events, self._settings, model, model is not None)
 
 
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]

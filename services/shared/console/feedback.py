@@ -8,13 +8,13 @@ anything, so what the API shows is what the trigger decided on.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import redis
 from pydantic import BaseModel, Field
 
+from services.shared.feedback_summary import read_summary_sync
 from services.shared.redis_store import RedisKeys
 
 
@@ -44,10 +44,9 @@ def read_feedback(
 ) -> FeedbackSummary | None:
     """The model's summary (None before its first feedback or inference event was aggregated); only
     `version` when given, only windows starting at or after `since` when given."""
-    raw = client.get(keys.feedback_summary(model))
-    if raw is None:
+    summary = read_summary_sync(client, keys, model)
+    if summary is None:
         return None
-    summary = json.loads(cast(str, raw))
     versions: dict[str, Any] = summary.get("versions", {})
     if version is not None:
         versions = {v: s for v, s in versions.items() if v == version}

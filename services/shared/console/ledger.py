@@ -11,7 +11,6 @@ need a run's experiment, asked of MLflow once per run (run ids never move).
 
 from __future__ import annotations
 
-import functools
 import re
 from datetime import datetime
 from typing import Literal
@@ -81,12 +80,20 @@ FINISHED_FIELDS = ("outcome", "version", "gates", "metrics", "message", "run_id"
 _EXPERIMENT_IN_URI = re.compile(r"/(\d+)/(?:[0-9a-f]{32})/artifacts")
 
 
-@functools.lru_cache(maxsize=4096)
+_EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking uri, run id) -> experiment id: a run never moves
+
+
 def _experiment_of(tracking_uri: str, run_id: str) -> str | None:
-    try:
-        return str(MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
-    except Exception:  # a link is a convenience: no link rather than no ledger
-        return None
+    """The run's experiment id; None while MLflow cannot say (asked again next time, not remembered)."""
+    if (tracking_uri, run_id) not in _EXPERIMENTS:
+        try:
+            experiment = str(MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
+        except Exception:  # a link is a convenience: no link rather than no ledger
+            return None
+        if len(_EXPERIMENTS) >= 4096:
+            _EXPERIMENTS.clear()
+        _EXPERIMENTS[(tracking_uri, run_id)] = experiment
+    return _EXPERIMENTS[(tracking_uri, run_id)]
 
 
 def run_url(settings: FlywheelSettings, run_id: str | None, artifact_uri: str | None = None) -> str | None:
@@ -147,11 +154,24 @@ def build_ledger(events: list[Event], settings: FlywheelSettings, links: bool = 
     }
 
 
-def read_ledger(settings: FlywheelSettings, model: str | None, links: bool = True) -> dict[str, Ledger]:
-    """The ledger of `model` (of every model with None), read from Kafka now. Raises
-    `HistoryUnavailable` when Kafka cannot be read."""
-    events = read_events(
-        settings.kafka_bootstrap_servers, model, profile=settings.kafka_profile, topics=LEDGER_TOPICS
+def read_ledger_events(settings: FlywheelSettings) -> list[Event]:
+    """Every model's events on the ledger topics, read from Kafka now. Raises `HistoryUnavailable` when
+    Kafka cannot be read."""
+    return read_events(
+        settings.kafka_bootstrap_servers, None, profile=settings.kafka_profile, topics=LEDGER_TOPICS
     )
+
+
+def ledgers_of(
+    events: list[Event], settings: FlywheelSettings, model: str | None, links: bool = True
+) -> dict[str, Ledger]:
+    """The ledger of `model` (of every watched model with None) from the ledger topics' events."""
+    if model is not None:
+        events = [e for e in events if getattr(e, "model", None) == model]
     ledgers = build_ledger(events, settings, links)
-    return {m: ledgers[m] for m in ledgers if settings.watches(m) and (model is None or m == model)}
+    return {m: ledgers[m] for m in ledgers if settings.watches(m)}
+
+
+def read_ledger(settings: FlywheelSettings, model: str | None, links: bool = True) -> dict[str, Ledger]:
+    """The ledger of `model` (of every model with None), read from Kafka now."""
+    return ledgers_of(read_ledger_events(settings), settings, model, links)

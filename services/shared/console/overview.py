@@ -17,8 +17,10 @@ import redis
 from pydantic import BaseModel, Field
 
 from services.shared.console.ledger import DatasetVersion, Ledger, RetrainingRun
+from services.shared.feedback_summary import read_summary_sync
 from services.shared.fleet import ReplicaStatus, read_fleet
 from services.shared.redis_store import RedisKeys
+from services.shared.resolution import parse_entries
 from services.shared.settings import FlywheelSettings
 
 
@@ -127,10 +129,10 @@ def model_overview(
     model: str,
     fleet: list[ReplicaStatus],
 ) -> ModelOverview:
-    resolution = cast(dict[str, str], client.hgetall(keys.resolution(model)))
-    aliases = {a: v for a, raw in resolution.items() if (v := json.loads(raw).get("version")) is not None}
+    resolution = parse_entries(cast(dict[str, str], client.hgetall(keys.resolution(model))))
+    aliases = {alias: e.version for alias, e in resolution.items() if e.version is not None}
     rollout, watch = _rollout(_json(client.get(keys.rollout_state(model))))
-    summary = _json(client.get(keys.feedback_summary(model)))
+    summary = read_summary_sync(client, keys, model)
     replicas = {
         s.replica: {a.alias: a.version for a in s.serving if a.model == model}
         for s in fleet
