@@ -29,6 +29,7 @@ from services.gateway.adapters.model_loader import (
 from services.gateway.adapters.request_log import RequestLog
 from services.gateway.adapters.tracing import PredictionTracer
 from services.gateway.adapters.traffic_router import TrafficRouter
+from services.gateway.batching import Predictions
 from services.gateway.domain.model_manager import ModelManager
 from services.gateway.domain.serving_table import ServingTable
 from services.gateway.entrypoints.deps import Gateway
@@ -90,7 +91,15 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
     router = TrafficRouter(redis, keys)
     started = asyncio.Event()
     tracer = PredictionTracer(
-        settings.mlflow_tracking_uri, settings.trace_experiment, enabled=settings.tracing_enabled
+        settings.mlflow_tracking_uri,
+        settings.trace_experiment,
+        enabled=settings.tracing_enabled,
+        sample=settings.trace_sample,
+    )
+    predictions = Predictions(
+        max_rows=settings.batch_max_rows,
+        wait_s=settings.batch_wait_ms / 1000,
+        inline_max_s=settings.inline_predict_max_ms / 1000,
     )
     return Gateway(
         settings=settings,
@@ -99,6 +108,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         keys=keys,
         loader=loader,
         manager=manager,
+        predictions=predictions,
         table=table,
         reloader=reloader,
         listener=listener,
@@ -114,6 +124,7 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
             router,
             table,
             emitter,
+            predictions,
             replica=settings.replica_name(),
             challenger_alias=settings.challenger_alias,
             max_in_flight=settings.shadow_max_in_flight,
@@ -154,6 +165,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
             await run_in_threadpool(gw.emitter.stop)
             await flush_trace_writes()
             await run_in_threadpool(gw.tracer.close)
+            gw.predictions.close()
             if gw.publisher is not None:
                 gw.publisher.close()
             await gw.redis.aclose()

@@ -4,7 +4,10 @@ A rating (`record_feedback`) is refused before anything is looked up or counted 
 feedback token for this request and user (401/403) or exceeds the user's rate (429); then it is checked
 against what was served (the request log; a correction against the model's output schema), deduplicated
 per (request, user), published as FeedbackRecorded before the 202, and attached to the MLflow trace in the
-background. Errors are HTTP statuses (`HTTPException`) as the API documents them.
+background — the trace is written first when the prediction's was not (only a sampled share is written as
+it is served): materialised from the request log under the trace id the response returned, with the
+prediction's original timing, inputs, outputs and version. Errors are HTTP statuses (`HTTPException`) as the
+API documents them.
 
 Keys (the gateway's own): `{prefix}:feedback-seen:{request_id}:{user}` (the feedback id of a user's first
 rating of a request: a repeat is answered as a duplicate) and `{prefix}:gateway:feedback-rate:{user}:{minute}`
@@ -26,11 +29,11 @@ from redis.exceptions import RedisError
 
 from events import FeedbackRecorded
 from services.gateway import metrics
-from services.gateway.adapters.request_log import ServedRequest
 from services.gateway.domain.feedback_token import TokenRejected
 from services.gateway.domain.inputs import InputError
 from services.gateway.domain.model_manager import ModelRef
 from services.gateway.domain.outputs import check_correction
+from services.gateway.domain.served import ServedRequest
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.schemas import FeedbackRequest
 from services.shared.carry import carry
@@ -80,6 +83,8 @@ async def record_feedback(gw: Gateway, body: FeedbackRequest) -> dict[str, Any]:
         log.warning("feedback on %s not recorded: %s", request.request_id, exc)
         raise HTTPException(503, detail=f"feedback not recorded, retry later: {exc}") from exc
     if request.trace_id:
+        if not request.traced and request.started_ns is not None:
+            gw.tracer.write(request)  # its trace was not written when served: write it now
         _record_on_trace(gw, request.trace_id, body)
     return {"feedback_id": feedback_id, "duplicate": False}
 
@@ -163,6 +168,7 @@ async def _served(gw: Gateway, body: FeedbackRequest) -> ServedRequest:
         version=meta.get("flywheel.version", ""),
         variant=meta.get("flywheel.variant") or None,
         trace_id=meta.get("trace_id"),
+        traced=True,  # found through its trace
     )
 
 
@@ -198,9 +204,9 @@ TRACE_WAIT_S = 120.0
 def _record_on_trace(gw: Gateway, trace_id: str, body: FeedbackRequest) -> None:
     """Attach the feedback to the MLflow trace in the background.
 
-    The event is already on Kafka (that is what counts); the trace of a prediction served a moment ago may
-    still be on its way to MLflow (traces are exported off the request path), so the assessment is written
-    as soon as the trace exists, waiting up to TRACE_WAIT_S. A failure is logged and counted.
+    The event is already on Kafka (that is what counts); the trace may still be on its way to MLflow
+    (written off the request path, by the export process), so the assessment is written as soon as the
+    trace exists, waiting up to TRACE_WAIT_S. A failure is logged and counted.
     """
 
     async def write() -> None:

@@ -1,13 +1,15 @@
 """The gateway's first use case: serve a prediction.
 
-A prediction goes through four steps, each a function here:
+A prediction goes through these steps, each a function here:
 1. `route` — which loaded version serves it: a pinned `?version=`, an explicit `?alias=`, else the canary
    split (sticky per user, or per request content; the challenger only once it is loaded here); an alias
    this replica has not served yet is resolved (resolution cache, else MLflow) and loaded once;
 2. `check_inputs` — the inputs against the model's signature (422 naming the field);
-3. `predict_traced` — the model call inside one MLflow trace (built in process, stored off the request path);
+3. `call_model` — the model call, batched with concurrent requests to the same version (`batching.py`);
 4. `inference_event` / `served_request` — what is reported (InferenceRecorded, off the request path) and
-   remembered for feedback (the request log);
+   remembered for feedback (the request log); the response carries the prediction's trace id, and the
+   trace is written now only when it is wanted now (sampled, or an error: `adapters/tracing.py`) — a rated
+   prediction's trace is written when it is rated (`feedback.py`);
 5. in a rollout's shadow step, a sample of champion requests is mirrored to the challenger after the
    answer is built (`shadow.py`).
 Each request reads its model once, so requests in flight finish on the version they started with.
@@ -32,10 +34,10 @@ from redis.exceptions import RedisError
 from events import InferenceRecorded
 from services.gateway import metrics
 from services.gateway.adapters.model_loader import LoadedModel
-from services.gateway.adapters.request_log import ServedRequest
 from services.gateway.adapters.traffic_router import routing_key
 from services.gateway.domain.inputs import InputError, ParsedInputs, parse_inputs
 from services.gateway.domain.model_manager import ModelRef
+from services.gateway.domain.served import ServedRequest
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.schemas import PredictRequest, PredictResponse
 from services.gateway.shadow import MirroredRequest
@@ -123,27 +125,15 @@ def check_inputs(gw: Gateway, target: Target, body: PredictRequest) -> ParsedInp
         raise HTTPException(422, detail={"field": exc.field, "message": exc.message}) from exc
 
 
-def predict_traced(
-    gw: Gateway, target: Target, body: PredictRequest, parsed: ParsedInputs, request_id: str
-) -> tuple[Any, str | None, BaseException | None]:
-    """(outputs, trace id, error) of the model call inside its trace (blocking: run in a thread)."""
-    params = dict(body.params or {})
-    with gw.tracer.trace(
-        request_id=request_id,
-        model=target.loaded,
-        alias=target.alias,
-        variant=target.variant,
-        replica=gw.replica,
-        user_id=body.user_id,
-        inputs=body.inputs,
-    ) as handle:
-        try:
-            outputs = target.loaded.predict(parsed.records, params)
-        except Exception as exc:
-            return None, handle.trace_id, exc
-        result = outputs[0] if parsed.single and len(outputs) == 1 else outputs
-        handle.set_outputs(result)
-        return result, handle.trace_id, None
+async def call_model(
+    gw: Gateway, loaded: LoadedModel, parsed: ParsedInputs, params: dict[str, Any] | None
+) -> tuple[Any, BaseException | None]:
+    """(outputs, error) of the model call: one output for a single record sent as an object."""
+    try:
+        outputs = await gw.predictions.call(loaded, parsed.records, dict(params or {}))
+    except Exception as exc:
+        return None, exc
+    return (outputs[0] if parsed.single and len(outputs) == 1 else outputs), None
 
 
 def _json_size(value: Any) -> int:
@@ -185,9 +175,18 @@ def inference_event(
     )
 
 
-def served_request(event: InferenceRecorded) -> ServedRequest:
-    """What feedback on this prediction will need, for the request log."""
-    return carry(event, ServedRequest, served_at=event.occurred_at)
+def served_request(
+    event: InferenceRecorded, target: Target, started_ns: int, error: BaseException | None
+) -> ServedRequest:
+    """What feedback on this prediction will need (the request log), and its trace."""
+    return carry(
+        event,
+        ServedRequest,
+        served_at=event.occurred_at,
+        started_ns=started_ns,
+        model_id=target.loaded.model_id,
+        error=str(error)[:1000] if error is not None else None,
+    )
 
 
 async def predict(
@@ -203,17 +202,25 @@ async def predict(
 async def _predict(
     gw: Gateway, name: str, body: PredictRequest, alias: str | None, version: str | None
 ) -> PredictResponse:
-    started = time.perf_counter()
-    target = await route(gw, name, body, alias, version)
-    parsed = check_inputs(gw, target, body)
+    started_ns, started = time.time_ns(), time.perf_counter()
+    gw.predictions.arriving += 1  # on its way to a batch: a batch may wait for it (batching.py)
+    try:
+        target = await route(gw, name, body, alias, version)
+        parsed = check_inputs(gw, target, body)
+    finally:
+        gw.predictions.arrived()
     request_id = uuid.uuid4().hex
-    outputs, trace_id, error = await run_in_threadpool(predict_traced, gw, target, body, parsed, request_id)
+    trace_id = gw.tracer.trace_id()
+    outputs, error = await call_model(gw, target.loaded, parsed, body.params)
     latency_ms = (time.perf_counter() - started) * 1000
     status = "ok" if error is None else "error"
     metrics.REQUESTS.labels(name, target.loaded.version, target.variant, status).inc()
     metrics.LATENCY.labels(name, target.variant).observe(latency_ms / 1000)
     event = inference_event(gw, name, target, body, request_id, trace_id, outputs, error, latency_ms)
     gw.emitter.emit(event)
+    served = served_request(event, target, started_ns, error)
+    if gw.tracer.wanted_now(request_id, error=error is not None):
+        served.traced = gw.tracer.write(served)
     if error is not None:
         if "schema" in str(error).lower() and "enforce" in str(error).lower():
             raise HTTPException(422, detail={"field": "inputs", "message": str(error)[:500]})
@@ -228,7 +235,7 @@ async def _predict(
                 "trace_id": trace_id,
             },
         )
-    gw.request_log.remember(served_request(event))
+    gw.request_log.remember(served)
     if target.variant == "champion" and (
         shadow := gw.shadow.challenger_for(name, target.rollout_id, request_id)
     ):

@@ -43,3 +43,8 @@ SHADOW = Counter(
     "dropped: the replica's shadow slots were busy)",
     ["outcome"],
 )
+BATCH_REQUESTS = Histogram(
+    "flywheel_gateway_batch_requests",
+    "Requests predicted together in one model call (adaptive micro-batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)

@@ -7,7 +7,7 @@ import socket
 from pydantic import Field, SecretStr
 
 from services.gateway.domain.feedback_token import FeedbackTokens
-from services.shared.fields import count_field, port_field, positive_field
+from services.shared.fields import count_field, port_field, positive_field, share_field
 from services.shared.settings import FlywheelSettings
 
 
@@ -33,8 +33,31 @@ class GatewaySettings(FlywheelSettings):
     shadow_max_in_flight: int = count_field(
         1, "Mirrored challenger calls at once per replica in a shadow step (more requests are not mirrored)."
     )
-    tracing_enabled: bool = Field(default=True, description="One MLflow trace per prediction.")
+    tracing_enabled: bool = Field(
+        default=True,
+        description="MLflow traces of the sampled, failed and rated predictions (every response carries "
+        "its trace id either way).",
+    )
+    trace_sample: float = share_field(
+        0.01,
+        "Share of predictions whose trace is written as they are served; errors are always traced, and a "
+        "rated prediction's trace is written when it is rated.",
+    )
     trace_experiment: str = Field(default="flywheel/serving", min_length=1)
+    batch_max_rows: int = count_field(
+        256, "Rows per model call when concurrent requests to one version are predicted together."
+    )
+    batch_wait_ms: float = positive_field(
+        2.0,
+        "Longest a batch is held open for requests known to be on their way (never when none is); "
+        "0 = no micro-batching.",
+        zero_allowed=True,
+    )
+    inline_predict_max_ms: float = positive_field(
+        5.0,
+        "Batches of a version that take longer than this run on a worker thread instead of the event loop.",
+        zero_allowed=True,
+    )
     inference_events_enabled: bool = True
     inference_queue_size: int = count_field(10_000)
     inference_batch_size: int = count_field(200)

@@ -19,13 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
-
 from events import InferenceRecorded
 from services.gateway import metrics
 from services.gateway.adapters.inference_events import InferenceEmitter
 from services.gateway.adapters.model_loader import LoadedModel
 from services.gateway.adapters.traffic_router import TrafficRouter
+from services.gateway.batching import Predictions
 from services.gateway.domain.inputs import ParsedInputs
 from services.gateway.domain.serving_table import ServingTable
 from services.gateway.schemas import PredictRequest
@@ -56,6 +55,7 @@ class ShadowMirror:
         router: TrafficRouter,
         table: ServingTable,
         emitter: InferenceEmitter,
+        predictions: Predictions,
         *,
         replica: str,
         challenger_alias: str,
@@ -63,6 +63,7 @@ class ShadowMirror:
         wait_idle_s: float = 2.0,
     ) -> None:
         self.router, self.table, self.emitter = router, table, emitter
+        self.predictions = predictions
         self.replica, self.challenger_alias = replica, challenger_alias
         self.max_in_flight = max_in_flight
         self.wait_idle_s = wait_idle_s
@@ -107,7 +108,7 @@ class ShadowMirror:
             started = time.perf_counter()
             error: BaseException | None = None
             try:
-                outputs = await run_in_threadpool(challenger.predict, parsed.records, dict(body.params or {}))
+                outputs = await self.predictions.call(challenger, parsed.records, dict(body.params or {}))
                 result: Any = outputs[0] if parsed.single and len(outputs) == 1 else outputs
             except Exception as exc:
                 error, result = exc, None

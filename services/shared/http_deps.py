@@ -7,16 +7,19 @@ template style), so a test can build the app with other parts and no route reach
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
 
 
-def from_app_state(name: str) -> Callable[[Request], Any]:
-    """A dependency returning `app.state.<name>` (set by the lifespan before the first request)."""
+def from_app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency returning `app.state.<name>` (set by the lifespan before the first request).
 
-    def dependency(request: Request) -> Any:
+    `async`, because FastAPI runs a plain `def` dependency on its thread pool: a thread hop on every
+    request for one attribute read."""
+
+    async def dependency(request: Request) -> Any:
         return getattr(request.app.state, name)
 
     dependency.__name__ = f"get_{name}"

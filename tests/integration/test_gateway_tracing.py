@@ -1,8 +1,10 @@
-"""Every prediction of an in-process gateway gets a real MLflow trace, written by the export process.
+"""The MLflow traces an in-process gateway writes, through the export process, on a real MLflow server.
 
-The trace id in the response is the stored trace's id; the trace carries the request id (as
-`client_request_id` and metadata), model, version and variant metadata, and the inputs and outputs; it
-can be found with `search_traces` on the request id and feedback can be logged on it.
+With every prediction sampled (`trace_sample=1`), each one's trace is stored under the id its response
+returned and carries the request id (as `client_request_id` and metadata), model, version and variant
+metadata, the inputs and outputs, and the original timing; it can be found with `search_traces` on the
+request id and feedback can be logged on it. A failed prediction's trace is written whatever the sample,
+with status ERROR and the exception. (Rated predictions: `tests/e2e/test_rated_traces.py`.)
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def failed() -> float:
 
 
 def by_request_id(request_id: str) -> list[Trace]:
+    """The traces with this request id, in every experiment (the gateway sets no active experiment)."""
     traces: list[Trace] = mlflow.search_traces(
-        locations=None,
+        locations=[e.experiment_id for e in mlflow.search_experiments()],
         filter_string=f"metadata.`flywheel.request_id` = '{request_id}'",
         return_type="list",
     )
@@ -70,7 +73,12 @@ def served(
     MlflowClient(stack.mlflow_tracking_uri).set_registered_model_alias(name, alias, "2")
     prefix = unique("gwt")
     settings = settings_on(
-        stack, GatewaySettings, prefix, replica_id=f"test-{prefix}", trace_experiment=unique("tests/traces")
+        stack,
+        GatewaySettings,
+        prefix,
+        replica_id=f"test-{prefix}",
+        trace_experiment=unique("tests/traces"),
+        trace_sample=1.0,
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         tracer: PredictionTracer = client.app.state.gateway.tracer  # type: ignore[attr-defined]
@@ -80,7 +88,7 @@ def served(
             tracer.close()
 
 
-def test_every_prediction_has_its_trace_in_mlflow(
+def test_every_sampled_prediction_has_its_trace_in_mlflow(
     served: tuple[TestClient, PredictionTracer, str, str], stack: Endpoints
 ) -> None:
     client, tracer, name, alias = served
@@ -95,6 +103,7 @@ def test_every_prediction_has_its_trace_in_mlflow(
     assert waited < 5, f"trace took {waited:.1f}s to appear"
 
     sent: list[dict[str, Any]] = []
+    window_ms = (time.time() * 1000, 0.0)
     for i in range(24):
         if i % 3 == 0:
             resp = client.post(
@@ -111,6 +120,7 @@ def test_every_prediction_has_its_trace_in_mlflow(
         assert body["trace_id"] and body["trace_id"].startswith("tr-")
         sent.append({**body, "inputs": record(i), "user_id": None if i % 3 == 0 else f"user-{i}"})
     assert len({b["trace_id"] for b in sent}) == len(sent)
+    window_ms = (window_ms[0], time.time() * 1000)
 
     # Shutdown writes everything that is still queued.
     tracer.close()
@@ -135,8 +145,11 @@ def test_every_prediction_has_its_trace_in_mlflow(
         assert meta.get("mlflow.modelId")  # the logged model the version was registered from
         if body["user_id"]:
             assert meta["mlflow.trace.user"] == body["user_id"]
+        assert window_ms[0] - 1 <= info.request_time <= window_ms[1]  # when it was served
+        assert info.execution_duration is not None and 0 <= info.execution_duration < 5000
         (root,) = trace.data.spans
         assert root.name == f"predict {name}"
+        assert root.start_time_ns // 1_000_000 == info.request_time
         assert root.inputs == body["inputs"]
         assert root.outputs == body["outputs"]
         assert root.attributes["version"] == body["version"]
@@ -172,3 +185,26 @@ def test_a_dead_export_process_is_replaced(
     assert tracer.flush(60)
     traces = by_request_id(resp.json()["request_id"])
     assert [t.info.trace_id for t in traces] == [resp.json()["trace_id"]]
+
+
+def test_a_failed_prediction_is_traced_whatever_the_sample(
+    served: tuple[TestClient, PredictionTracer, str, str], stack: Endpoints
+) -> None:
+    from services.cli.devstack.sample_models import register_broken_version
+
+    client, tracer, name, _ = served
+    tracer.sample = 0.0  # nothing sampled: only the error is written
+    version, _ = register_broken_version(stack.mlflow_tracking_uri, name, experiment="tests/wine")
+    mlflow.set_tracking_uri(stack.mlflow_tracking_uri)
+    url = f"/v1/models/{name}/predict"
+    bad = client.post(url, params={"version": version}, json={"inputs": {**record(0), "alcohol": 14.5}})
+    good = client.post(url, params={"version": version}, json={"inputs": {**record(0), "alcohol": 12.0}})
+    assert bad.status_code == 502 and good.status_code == 200, (bad.text, good.text)
+    assert tracer.flush(60)
+    failed_trace = mlflow.get_trace(bad.json()["detail"]["trace_id"])
+    assert failed_trace is not None
+    assert failed_trace.info.state.value == "ERROR"
+    (root,) = failed_trace.data.spans
+    assert root.status.status_code.value == "ERROR" and "broken model" in root.status.description
+    assert [e.name for e in root.events] == ["exception"]
+    assert by_request_id(good.json()["request_id"]) == []  # not sampled, not rated: not written

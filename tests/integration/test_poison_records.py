@@ -11,9 +11,10 @@ import pytest
 
 from events import ALIAS_CHANGED, AliasChanged, AliasSource
 from services.cli.devstack.stack import Endpoints
-from services.gateway.adapters.request_log import RequestLog, ServedRequest
+from services.gateway.adapters.request_log import RequestLog
 from services.gateway.adapters.trace_export import TraceExportProcess
 from services.gateway.adapters.trace_writer import ExportLimits
+from services.gateway.domain.served import ServedRequest
 from services.registry_watcher.adapters.alias_state import AliasStateStore
 from services.registry_watcher.adapters.outbox import OutboxRelay
 from services.shared.kafka.profile import profile_named
@@ -79,32 +80,21 @@ async def test_outbox_relay_sets_poison_aside_and_publishes_what_follows(stack: 
         await redis.aclose()
 
 
-class _Info:
-    def __init__(self, trace_id: str) -> None:
-        self.trace_id = trace_id
-
-
-class _UnserialisableTrace:
-    info = _Info("tr-poison")
-
-    def to_json(self) -> str:
-        return "\ud800"  # encoding it fails: the poison
-
-
-class _EmptyTrace:
-    info = _Info("tr-empty")
-
-    def to_json(self) -> str:
-        return "{}"  # reaches the export process, which counts it as failed
-
-
 def test_trace_export_writer_outlives_an_unserialisable_trace(stack: Endpoints) -> None:
-    channel = TraceExportProcess(stack.mlflow_tracking_uri, ExportLimits(drain_s=5))
+    channel = TraceExportProcess(
+        stack.mlflow_tracking_uri, unique("tests/poison-traces"), ExportLimits(drain_s=5)
+    )
     try:
         channel.start()
-        assert channel.submit(_UnserialisableTrace())  # type: ignore[arg-type]
-        assert channel.submit(_EmptyTrace())  # type: ignore[arg-type]
+        poison = served("ab" * 16, {"text": "\ud800"}).model_copy(update={"trace_id": "tr-" + "cd" * 16})
+        assert channel.submit(poison)  # encoding it fails: the poison
+        assert channel.submit(served("ef" * 16, {"a": 1}))  # no trace id: the export process counts it
+        assert channel.submit(served("01" * 16, {"a": 1}).model_copy(update={"trace_id": "tr-" + "23" * 16}))
         assert channel.flush(timeout_s=60), "the writer stopped at the poison trace"
         assert channel._writer is not None and channel._writer.is_alive()
+        import mlflow
+
+        mlflow.set_tracking_uri(stack.mlflow_tracking_uri)
+        assert mlflow.get_trace("tr-" + "23" * 16) is not None  # the good one behind them
     finally:
         channel.close()

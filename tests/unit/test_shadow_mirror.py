@@ -23,6 +23,7 @@ def test_a_mirrored_call_waits_for_a_moment_without_user_requests_or_gives_up() 
             None,  # type: ignore[arg-type]  # only the idle wait is exercised here
             None,  # type: ignore[arg-type]
             None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
             replica="r",
             challenger_alias="challenger",
             max_in_flight=1,

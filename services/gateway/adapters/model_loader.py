@@ -1,9 +1,12 @@
 """Loading a registered model version from MLflow into something the gateway can call.
 
-Two flavours are served: MLflow pyfunc (sklearn and anything else with a pyfunc flavour) and DSPy
-programs logged with `mlflow.dspy.log_model`, loaded natively with `mlflow.dspy.load_model` so the
-program (not a pyfunc wrapper) runs with the LM this replica is configured with. The loader always
-loads an exact version: alias resolution happens before, so a loaded object never changes meaning.
+Three paths: a model with a scikit-learn flavour is called natively on rows built in signature order, once
+that has proven to give pyfunc's outputs on the model's input example (`native_predict.py`); anything else
+with a pyfunc flavour goes through MLflow pyfunc, the general path; DSPy programs logged with
+`mlflow.dspy.log_model` are loaded natively with `mlflow.dspy.load_model` so the program (not a pyfunc
+wrapper) runs with the LM this replica is configured with. The loader always loads an exact version: alias
+resolution happens before, so a loaded object never changes meaning. Pyfunc and native models are
+batchable (`batching.py`: one call for concurrent requests); a DSPy program answers each request on its own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 
+from services.gateway.adapters.native_predict import as_list, example_records, sklearn_native
 from services.gateway.domain.inputs import InputField
 from services.gateway.domain.model_manager import ModelRef
 from services.shared.mlflow_registry import alias_version
@@ -45,6 +49,9 @@ class LoadedModel:
     output_fields: tuple[InputField, ...] | None = None
     run_id: str | None = None
     load_seconds: float = 0.0
+    batchable: bool = False  # concurrent requests may share one call (row-wise flavours)
+    native: str | None = None  # the native fast path in use (e.g. `sklearn/array`), None = pyfunc/dspy
+    predict_seconds: float = 0.0  # one call on the input example, measured at load (0 = unknown)
 
 
 def _pyfunc_fields(pyfunc_model: Any) -> tuple[InputField, ...] | None:
@@ -88,16 +95,22 @@ def use_object_strings() -> bool:
 def _pyfunc_predict(pyfunc_model: Any) -> Predict:
     def predict(records: list[dict[str, Any]], params: dict[str, Any]) -> list[Any]:
         frame = pd.DataFrame.from_records(records)
-        result = pyfunc_model.predict(frame, params=params or None)
-        if isinstance(result, pd.DataFrame):
-            return list(result.to_dict(orient="records"))
-        if isinstance(result, pd.Series):
-            return list(result.tolist())
-        if hasattr(result, "tolist"):
-            return list(result.tolist())
-        return list(result) if isinstance(result, list | tuple) else [result]
+        return as_list(pyfunc_model.predict(frame, params=params or None))
 
     return predict
+
+
+def _timed_call(predict: Predict, records: list[dict[str, Any]]) -> float:
+    """Seconds of one call on `records` (a warm-up: first calls initialise caches), 0 when it fails."""
+    if not records:
+        return 0.0
+    try:
+        predict(records, {})
+        started = time.perf_counter()
+        predict(records, {})
+        return time.perf_counter() - started
+    except Exception:
+        return 0.0
 
 
 def dspy_lm_factory(model: str | None, api_key: str | None = None, api_base: str | None = None) -> LMFactory:
@@ -189,12 +202,25 @@ class MlflowModelLoader:
             lm = self._lm_factory(output_fields)
             predict, flavour, fields = _dspy_predict(program, lm), "dspy", input_fields or None
             outputs = tuple(InputField(n, "string") for n in output_fields) or None
+            native, batchable, predict_seconds = None, False, 0.0
         else:
             pyfunc_model = mlflow.pyfunc.load_model(uri)
             predict, flavour, fields = _pyfunc_predict(pyfunc_model), "pyfunc", _pyfunc_fields(pyfunc_model)
             outputs = _pyfunc_outputs(pyfunc_model)
+            native, batchable = None, True
+            fast = sklearn_native(pyfunc_model, fields, predict) if "sklearn" in flavours else None
+            if fast is not None:
+                predict, native = fast[0], f"sklearn/{fast[1]}"
+            predict_seconds = _timed_call(predict, example_records(pyfunc_model, fields or ()))
         seconds = time.perf_counter() - started
-        log.info("loaded %s version %s (%s) in %.2fs", ref.name, version, flavour, seconds)
+        log.info(
+            "loaded %s version %s (%s%s) in %.2fs",
+            ref.name,
+            version,
+            flavour,
+            f", native {native}" if native else "",
+            seconds,
+        )
         return LoadedModel(
             name=ref.name,
             version=version,
@@ -205,4 +231,7 @@ class MlflowModelLoader:
             model_id=getattr(mv, "model_id", None) or info.model_uuid,
             run_id=mv.run_id,
             load_seconds=seconds,
+            batchable=batchable,
+            native=native,
+            predict_seconds=predict_seconds,
         )

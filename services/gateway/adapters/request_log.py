@@ -1,8 +1,9 @@
 """What was served for each request, kept in Redis for a while so feedback can find it.
 
 Written fire-and-forget after each prediction (a Redis outage costs the log entry, never the request);
-read by the feedback endpoint. MLflow's trace (metadata `flywheel.request_id`) stays the source of truth
-when the log entry expired or was never written.
+read by the feedback endpoint, which also writes a rated prediction's MLflow trace from its entry when the
+trace was not written as it was served. When the entry expired or was never written, MLflow's trace
+(metadata `flywheel.request_id`) is looked up instead — which exists for the sampled and rated ones.
 
 Keys (the gateway's own): `{prefix}:request:{request_id}` (the ServedRequest JSON) and
 `{prefix}:trace-request:{trace_id}` (its request id, for feedback given by trace id), both with the TTL.
@@ -12,31 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ConfigDict, JsonValue
 from redis.exceptions import RedisError
 
 from services.gateway import metrics
+from services.gateway.domain.served import ServedRequest
 from services.shared.redis_store import RedisKeys
 
 log = logging.getLogger(__name__)
-
-
-class ServedRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    request_id: str
-    model: str
-    version: str
-    variant: str | None = None
-    rollout_id: str | None = None
-    trace_id: str | None = None
-    user_id: str | None = None
-    inputs: JsonValue = None
-    outputs: JsonValue = None
-    served_at: datetime | None = None
 
 
 class RequestLog:

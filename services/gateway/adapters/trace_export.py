@@ -1,32 +1,30 @@
-"""Ship finished MLflow traces out of the gateway process; a child process writes them to MLflow.
+"""The traces a gateway writes leave its process: a child process builds them and writes them to MLflow.
 
-MLflow's own exporter makes two or three HTTP calls per trace from background threads of the process
-that made the trace; in the gateway those threads compete for the GIL with the predictions. Here the
-gateway only builds the trace in memory (MLflow's span processor, unchanged) and, when the root span
-ends, hands the finished `Trace` to a bounded queue. A writer thread serialises it (`Trace.to_json`)
-onto the stdin pipe of one child process (`python -m services.gateway.adapters.trace_export`), which does what
-`MlflowV3SpanExporter._log_trace` does, batched:
+The request path only decides whether a prediction's trace is wanted now (`domain/served.trace_wanted`)
+and hands its `ServedRequest` to a bounded queue (`submit`, never blocking). A writer thread serialises
+it (pydantic JSON) onto the stdin pipe of one child process
+(`python -m services.gateway.adapters.trace_writer`), which builds the MLflow trace
+(`trace_builder.build_trace`) and writes batches of them:
 
 - `start_trace(info)` per trace (the only way trace metadata and `client_request_id` reach the server;
   MLflow has no batch call for it), then
-- one `log_spans` call for all spans of the batch (the server stores them in one transaction and marks
-  each trace's spans as living in the tracking store). If the server cannot store spans
-  (`log_spans` unsupported), each trace's data is uploaded as an artifact instead, like MLflow does.
+- one `log_spans` call for all spans of the batch (the server stores them in one transaction). If the
+  server cannot store spans (`log_spans` unsupported), each trace's data is uploaded as an artifact
+  instead, like MLflow's own exporter does.
 
-The trace id is the one MLflow assigned when the root span started, so the id a response returns is
-the id the trace is stored under. Nothing here can fail a prediction: a full queue drops the trace and
-counts it (`flywheel_gateway_trace_exports_total{outcome="dropped"}` and `TRACE_ERRORS`), a dead child
-is restarted. The child runs at a lower CPU priority (`nice`), so when the machine is saturated
-predictions win and traces are written as soon as CPU frees up (the backlog is bounded by the queue).
-That matters because the server side is not cheap: StartTraceV3 costs the MLflow server (one worker,
-sqlite) about 8-10 ms of CPU per trace on a small machine, so it ingests roughly 80-100 traces/s; a
-gateway serving more than that for long builds a backlog, and past `max_queue` traces are dropped.
-`flush()` waits until everything handed over so far is written; `close()` flushes and stops the child.
-When the gateway goes away (EOF on the child's stdin, or SIGTERM/SIGINT to the process group) the child
-keeps writing what it has for at most `ExportLimits.drain_s`, then exits.
+No MLflow tracing runs in the gateway process (no OpenTelemetry span, trace manager or exporter thread per
+prediction): the trace id is fixed when the prediction is served and the trace is written under it.
+Nothing here can fail a prediction: a full queue drops the trace and counts it
+(`flywheel_gateway_trace_exports_total{outcome="dropped"}` and `TRACE_ERRORS`), a dead child is
+restarted. The child runs at a lower CPU priority (`nice`). The server side is not cheap: StartTraceV3
+costs the MLflow server (one worker, sqlite) about 8-10 ms of CPU per trace on a small machine (roughly
+80-100 traces/s), which is why only the traces that are needed are written (a sampled share, errors, rated
+predictions). `flush()` waits until everything handed over so far is written; `close()` flushes and stops
+the child. When the gateway goes away (EOF on the child's stdin, or SIGTERM/SIGINT to the process group)
+the child keeps writing what it has for at most `ExportLimits.drain_s`, then exits.
 
-Protocol: gateway -> child, one trace JSON per line. Child -> gateway (on the child's original stdout;
-anything the libraries print goes to stderr), one JSON line per batch with cumulative counts
+Protocol: gateway -> child, one `ServedRequest` JSON per line. Child -> gateway (on the child's original
+stdout; anything the libraries print goes to stderr), one JSON line per batch with cumulative counts
 `{"done": n, "exported": n, "failed": n}`.
 """
 
@@ -42,18 +40,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from mlflow.entities import Trace
-from mlflow.entities.model_registry import PromptVersion
-from mlflow.tracing.export.mlflow_v3 import MlflowV3SpanExporter
 from prometheus_client import Counter, Gauge
 
 from services.gateway import metrics
 from services.gateway.adapters.trace_writer import ExportLimits
+from services.gateway.domain.served import ServedRequest
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +79,12 @@ class _Child:
 class TraceExportProcess:
     """Gateway side: bounded queue -> writer thread -> child's stdin; reader thread <- child's acks."""
 
-    def __init__(self, tracking_uri: str, limits: ExportLimits = ExportLimits()) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, limits: ExportLimits = ExportLimits()) -> None:
         self.tracking_uri = tracking_uri
+        self.experiment = experiment
         self._limits = limits
         # Only a hand-off buffer: the backlog waits in the child, as JSON, out of this process's heap.
-        self._queue: queue.Queue[Trace] = queue.Queue(maxsize=min(limits.max_queue, _HANDOFF))
+        self._queue: queue.Queue[ServedRequest] = queue.Queue(maxsize=min(limits.max_queue, _HANDOFF))
         self._lock = threading.Lock()
         self._progress = threading.Condition()
         self._stopping = threading.Event()
@@ -114,8 +109,9 @@ class TraceExportProcess:
             self._writer.start()
             atexit.register(self.close)
 
-    def submit(self, trace: Trace) -> bool:
-        """Hand over a finished trace; never blocks. False (and counted) when the queue is full."""
+    def submit(self, served: ServedRequest) -> bool:
+        """Hand over the prediction whose trace is to be written; never blocks. False (and counted) when
+        the queue is full."""
         if self._closed:
             self._drop()
             return False
@@ -123,7 +119,7 @@ class TraceExportProcess:
             self.start()
         with self._progress:
             try:
-                self._queue.put_nowait(trace)
+                self._queue.put_nowait(served)
             except queue.Full:
                 self._drop()
                 return False
@@ -187,6 +183,7 @@ class TraceExportProcess:
             "-m",
             "services.gateway.adapters.trace_writer",
             self.tracking_uri,
+            self.experiment,
             self._limits.to_arg(),
         ]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT)
@@ -237,13 +234,13 @@ class TraceExportProcess:
             with contextlib.suppress(OSError):
                 child.proc.stdin.close()
 
-    def _send(self, batch: list[Trace]) -> None:
+    def _send(self, batch: list[ServedRequest]) -> None:
         lines = []
-        for trace in batch:
+        for served in batch:
             try:
-                lines.append(trace.to_json().encode() + b"\n")
-            except Exception as exc:  # a trace MLflow itself cannot serialise (a poison record)
-                log.warning("trace %s cannot be serialised, skipped: %r", trace.info.trace_id, exc)
+                lines.append(served.model_dump_json().encode() + b"\n")
+            except Exception as exc:  # a request that cannot be serialised (a poison record)
+                log.warning("trace %s cannot be serialised, skipped: %r", served.trace_id, exc)
         unsent = len(batch) - len(lines)
         child = self._live_child() if lines else None
         if child is None:
@@ -301,74 +298,3 @@ class TraceExportProcess:
     def _drop(self) -> None:
         TRACE_EXPORTS.labels("dropped").inc()
         metrics.TRACE_ERRORS.inc()
-
-
-class _FlushAdapter:
-    """Lets `mlflow.flush_trace_async_logging()` wait for the child (it calls `_async_queue.flush`)."""
-
-    def __init__(self, channel: TraceExportProcess) -> None:
-        self._channel = channel
-
-    def flush(self, terminate: bool = False) -> None:
-        self._channel.flush()
-
-
-class ShippingSpanExporter(MlflowV3SpanExporter):
-    """MLflow's exporter, except that a finished trace is handed to the export process.
-
-    MLflow's logic for finding finished traces stays (popping the trace from the in-memory trace manager,
-    deferring a root span whose background-thread children are still open); spans are not logged one
-    by one as they end, they travel with their trace.
-    """
-
-    def __init__(self, tracking_uri: str, channel: TraceExportProcess) -> None:
-        super().__init__(tracking_uri)
-        self.channel = channel
-        self._async_queue = _FlushAdapter(channel)  # type: ignore[assignment]
-
-    def _should_enable_async_logging(self) -> bool:
-        return False  # _log_trace only enqueues: run it inline, no MLflow worker threads
-
-    def _export_spans_incrementally(self, spans: Sequence[Any]) -> None:
-        return None
-
-    def _log_trace(
-        self, trace: Trace, prompts: Sequence[PromptVersion], workspace: str | None = None
-    ) -> None:
-        if prompts:
-            log.debug("prompt links of trace %s are not exported", trace.info.trace_id)
-        self.channel.submit(trace)
-
-
-def install(exporter: ShippingSpanExporter) -> MlflowV3SpanExporter | None:
-    """Put `exporter` on MLflow's span processor (after the tracer provider exists); the old one back."""
-    from mlflow.tracing.processor.mlflow_v3 import MlflowV3SpanProcessor
-    from mlflow.tracing.provider import _get_span_processor
-
-    processor = _get_span_processor()
-    if not isinstance(processor, MlflowV3SpanProcessor):
-        return None
-    previous = processor.span_exporter
-    if previous is exporter:
-        return None
-    delegate = processor._batch_delegate
-    if delegate is not None:
-        # Spans would otherwise go through MLflow's batch thread to the old exporter; on_end now
-        # calls export() inline, which only pops the trace and enqueues it.
-        processor._batch_delegate = None
-        with contextlib.suppress(Exception):
-            delegate.force_flush()
-            delegate.shutdown()
-    processor.span_exporter = exporter
-    return previous if isinstance(previous, MlflowV3SpanExporter) else None
-
-
-def uninstall(exporter: ShippingSpanExporter, previous: MlflowV3SpanExporter | None) -> None:
-    from mlflow.tracing.provider import _get_span_processor
-
-    processor = _get_span_processor()
-    if processor is not None and getattr(processor, "span_exporter", None) is exporter:
-        processor.span_exporter = previous or MlflowV3SpanExporter(exporter.channel.tracking_uri)
-
-
-# -- child process -----------------------------------------------------------------------------------

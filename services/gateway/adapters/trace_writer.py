@@ -1,6 +1,6 @@
-"""The trace export child process: reads finished traces (one JSON per line) on stdin and writes them
-to MLflow in batches, at a lower CPU priority. Started by `trace_export.TraceExportProcess`; the
-protocol and the reasons are described there.
+"""The trace export child process: reads served requests (one `ServedRequest` JSON per line) on stdin,
+builds each one's MLflow trace (`trace_builder`) and writes them to MLflow in batches, at a lower CPU
+priority. Started by `trace_export.TraceExportProcess`; the protocol and the reasons are described there.
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from mlflow.entities import Trace, TraceInfo
+
+from services.gateway.adapters.trace_builder import build_trace
+from services.gateway.domain.served import ServedRequest
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +52,38 @@ def _spans_unsupported(exc: Exception) -> bool:
 class _Writer:
     """Child side: writes batches of traces to MLflow like `MlflowV3SpanExporter._log_trace`."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
         from mlflow.tracing.client import TracingClient
 
         self.client = TracingClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.experiment_id: str | None = None
         self.spans_supported = True
+
+    def experiment_id_now(self) -> str:
+        """The trace experiment's id, created when missing (asked once, then remembered)."""
+        if self.experiment_id is None:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(self.tracking_uri)
+            found = client.get_experiment_by_name(self.experiment)
+            self.experiment_id = (
+                found.experiment_id if found is not None else client.create_experiment(self.experiment)
+            )
+        return self.experiment_id
+
+    def build(self, lines: list[bytes]) -> tuple[list[Trace], int]:
+        """(traces, unreadable) of a batch of lines; a line that is no ServedRequest is counted, skipped."""
+        traces, bad = [], 0
+        experiment_id = self.experiment_id_now()
+        for line in lines:
+            try:
+                traces.append(build_trace(ServedRequest.model_validate_json(line), experiment_id))
+            except Exception as exc:
+                bad += 1
+                log.warning("unreadable served request: %s", exc)
+        return traces, bad
 
     def write(self, traces: list[Trace]) -> tuple[int, int]:
         """(exported, failed). Trace infos first (their metadata only travels this way, one call per
@@ -93,8 +124,26 @@ class _Writer:
         return len(traces) - failed, failed
 
 
+def _built(writer: _Writer, raw: list[bytes], patience_s: float) -> tuple[list[Trace], int]:
+    """`writer.build(raw)`, retried while MLflow cannot say which experiment the traces go to (a restart
+    of the tracking server): after `patience_s` and more the batch is given up, counted as failed."""
+    deadline = time.monotonic() + max(patience_s, 30.0)
+    delay = 0.5
+    while True:
+        try:
+            return writer.build(raw)
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "%d traces not written: experiment %r unavailable: %s", len(raw), writer.experiment, exc
+                )
+                return [], len(raw)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def _child_main(argv: list[str]) -> None:
-    tracking_uri, limits = argv[0], ExportLimits.from_arg(argv[1])
+    tracking_uri, experiment, limits = argv[0], argv[1], ExportLimits.from_arg(argv[2])
     acks: IO[str] | None = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -116,7 +165,7 @@ def _child_main(argv: list[str]) -> None:
     if limits.nice:
         with contextlib.suppress(OSError):
             os.nice(limits.nice)
-    writer = _Writer(tracking_uri)
+    writer = _Writer(tracking_uri, experiment)
     # Bounded: when it is full the pipe fills, then the gateway's hand-off queue, then traces are dropped.
     lines: queue.Queue[bytes | None] = queue.Queue(maxsize=limits.max_queue)
 
@@ -143,13 +192,8 @@ def _child_main(argv: list[str]) -> None:
                 item = lines.get_nowait()
             except queue.Empty:
                 break
-        traces = []
-        for line in raw:
-            try:
-                traces.append(Trace.from_json(line.decode()))
-            except Exception as exc:
-                failed += 1
-                log.warning("unreadable trace: %s", exc)
+        traces, unreadable = _built(writer, raw, limits.drain_s) if raw else ([], 0)
+        failed += unreadable
         if traces:
             ok, bad = writer.write(traces)
             exported += ok

@@ -1,51 +1,25 @@
-"""One MLflow trace per prediction, so feedback can be attached to exactly what the user saw.
+"""MLflow traces proportional to need, not to traffic.
 
-The trace is built in memory by MLflow (`mlflow.start_span`); when it ends it is handed to a child
-process that writes it to MLflow (`trace_export`), so the HTTP work of exporting does not run in the
-gateway process. The trace id is known as soon as the root span starts, which is what the response
-returns, and it is the id the trace is stored under (visible within a few hundred ms; later while the
-machine is saturated, since the exporter runs at a lower CPU priority). The request id is the trace's
-`client_request_id` and also metadata `flywheel.request_id`, so both can be searched
-(`search_traces(filter_string="metadata.`flywheel.request_id` = '...'")`). A tracing failure never fails
-a prediction: it is counted and the response carries `trace_id: null`.
+Every prediction gets a trace id when it is served (`domain/served.new_trace_id`), and the response returns
+it. The trace itself is written to MLflow only when it is needed:
+- a sampled share of predictions (`FLYWHEEL_TRACE_SAMPLE`, deterministic per request id),
+- every prediction that failed,
+- every prediction that receives feedback: the feedback path materialises the trace from the request log
+  (`ServedRequest`: original timing, inputs, outputs, version, metadata) under the id the response
+  returned, then attaches the assessment (`services/gateway/feedback.py`).
+The request path only decides and enqueues; a child process builds and writes the traces in batches
+(`trace_export`). A tracing failure never fails a prediction: it is counted.
+
+Why: StartTraceV3 costs the MLflow server ~8-10 ms of CPU per trace (~80-100 traces/s for one server);
+one trace per prediction capped a deployment at the trace store's ingest rate, and past the export queue
+traces were dropped at random — including ones users later rated.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
-
-import mlflow
-
-from services.gateway import metrics
-from services.gateway.adapters.model_loader import LoadedModel
-from services.gateway.adapters.trace_export import (
-    ShippingSpanExporter,
-    TraceExportProcess,
-    install,
-    uninstall,
-)
+from services.gateway.adapters.trace_export import TraceExportProcess
 from services.gateway.adapters.trace_writer import ExportLimits
-
-log = logging.getLogger(__name__)
-
-REQUEST_ID_KEY = "flywheel.request_id"
-
-
-@dataclass
-class TraceHandle:
-    trace_id: str | None
-    span: Any = None
-
-    def set_outputs(self, outputs: Any) -> None:
-        if self.span is not None:
-            with contextlib.suppress(Exception):
-                self.span.set_outputs(outputs)
+from services.gateway.domain.served import ServedRequest, new_trace_id, trace_wanted
 
 
 class PredictionTracer:
@@ -55,118 +29,36 @@ class PredictionTracer:
         experiment: str,
         *,
         enabled: bool = True,
+        sample: float = 0.01,
         limits: ExportLimits = ExportLimits(),
     ) -> None:
         self.enabled = enabled
-        self._tracking_uri = tracking_uri
-        self._experiment = experiment
-        self._experiment_id: str | None = None
-        self._channel = TraceExportProcess(tracking_uri, limits)
-        self._exporter: ShippingSpanExporter | None = None
-        self._previous: Any = None
-        self._install_lock = threading.Lock()
-        self._closed = False
-        # Should the export process not be usable (MLflow internals changed), MLflow's own exporter
-        # keeps exporting traces, off the request path.
-        os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
-        os.environ.setdefault("MLFLOW_ASYNC_TRACE_LOGGING_MAX_INTERVAL_MILLIS", "100")
-
-    def _ensure_experiment(self) -> str | None:
-        if self._experiment_id is None:
-            mlflow.set_tracking_uri(self._tracking_uri)
-            experiment = mlflow.set_experiment(self._experiment)
-            self._experiment_id = experiment.experiment_id
-        return self._experiment_id
-
-    def _ensure_exporter(self) -> None:
-        """Our exporter on MLflow's span processor (which exists once a span was started)."""
-        exporter = self._exporter
-        if exporter is not None and _current_exporter() is exporter:
-            return
-        with self._install_lock:
-            if self._closed:
-                return
-            if self._exporter is None:
-                self._exporter = ShippingSpanExporter(self._tracking_uri, self._channel)
-            previous = install(self._exporter)
-            if previous is not None:
-                self._previous = previous
+        self.sample = sample
+        self._channel = TraceExportProcess(tracking_uri, experiment, limits)
 
     def prepare(self) -> None:
-        """Create the experiment and start the export process up front (best effort)."""
+        """Start the export process up front (it creates the experiment when missing)."""
         if self.enabled:
             self._channel.start()
-            try:
-                self._ensure_experiment()
-            except Exception as exc:
-                log.warning("tracing experiment %r not ready yet: %s", self._experiment, exc)
+
+    def trace_id(self) -> str | None:
+        """The id this prediction's trace has (and will be written under); None with tracing off."""
+        return new_trace_id() if self.enabled else None
+
+    def wanted_now(self, request_id: str, *, error: bool) -> bool:
+        """Is the trace of this prediction written as it is served (sampled, or an error)?"""
+        return self.enabled and trace_wanted(request_id, self.sample, error=error)
+
+    def write(self, served: ServedRequest) -> bool:
+        """Write the trace of `served` (off the request path; False when it was dropped and counted)."""
+        if not self.enabled or not served.trace_id:
+            return False
+        return self._channel.submit(served)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until the traces of finished predictions are written to MLflow."""
+        """Wait until the traces handed over so far are written to MLflow."""
         return self._channel.flush(timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop tracing through the export process: write what is queued, then stop it."""
-        with self._install_lock:
-            self._closed = True
-            if self._exporter is not None:
-                with contextlib.suppress(Exception):
-                    uninstall(self._exporter, self._previous)
+        """Write what is queued, then stop the export process."""
         self._channel.close(timeout_s)
-
-    @contextlib.contextmanager
-    def trace(
-        self,
-        *,
-        request_id: str,
-        model: LoadedModel,
-        alias: str | None,
-        variant: str,
-        replica: str,
-        user_id: str | None,
-        inputs: Any,
-    ) -> Iterator[TraceHandle]:
-        if not self.enabled:
-            yield TraceHandle(None)
-            return
-        try:
-            self._ensure_experiment()
-            span_cm = mlflow.start_span(name=f"predict {model.name}", span_type="CHAIN")
-            span = span_cm.__enter__()
-        except Exception as exc:
-            metrics.TRACE_ERRORS.inc()
-            log.debug("trace not started: %s", exc)
-            yield TraceHandle(None)
-            return
-        with contextlib.suppress(Exception):
-            self._ensure_exporter()
-        handle = TraceHandle(span.trace_id, span)
-        try:
-            with contextlib.suppress(Exception):
-                span.set_inputs(inputs)
-                span.set_attributes({"model": model.name, "version": model.version, "variant": variant})
-                mlflow.update_current_trace(
-                    client_request_id=request_id,
-                    model_id=model.model_id,
-                    user=user_id,
-                    metadata={
-                        REQUEST_ID_KEY: request_id,
-                        "flywheel.model": model.name,
-                        "flywheel.version": model.version,
-                        "flywheel.alias": alias or "",
-                        "flywheel.variant": variant,
-                        "flywheel.replica": replica,
-                    },
-                )
-            yield handle
-        except BaseException as exc:
-            span_cm.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        else:
-            span_cm.__exit__(None, None, None)
-
-
-def _current_exporter() -> Any:
-    from mlflow.tracing.provider import _get_trace_exporter
-
-    return _get_trace_exporter()

@@ -16,6 +16,7 @@ from services.gateway.adapters.model_loader import LoadedModel, MlflowModelLoade
 from services.gateway.adapters.request_log import RequestLog
 from services.gateway.adapters.tracing import PredictionTracer
 from services.gateway.adapters.traffic_router import TrafficRouter
+from services.gateway.batching import Predictions
 from services.gateway.domain.feedback_token import FeedbackTokens
 from services.gateway.domain.model_manager import ModelManager
 from services.gateway.domain.serving_table import ServingTable
@@ -38,6 +39,7 @@ class Gateway:
     keys: RedisKeys
     loader: MlflowModelLoader
     manager: ModelManager[LoadedModel]
+    predictions: Predictions
     table: ServingTable
     reloader: Reloader
     listener: ReloadListener
