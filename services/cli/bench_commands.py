@@ -143,9 +143,11 @@ def _register_load_bench(name: str, doc: str, duration_s: float, concurrency_lev
 
 _register_load_bench(
     "gateway",
-    "Gateway vs `mlflow models serve` and MLServer on the same model: req/s, p50/p99, CPU per 1k.",
-    10.0,
-    "1,4,16",
+    "Gateway vs `mlflow models serve`, MLServer (with and without adaptive batching) and the floor "
+    "(a minimal FastAPI server, direct and micro-batched) on the same model: req/s, p50/p99, CPU-ms per "
+    "request, ratios; then the trace store's load per 1,000 predictions.",
+    8.0,
+    "1,4,16,64",
     "server",
 )
 _register_load_bench(

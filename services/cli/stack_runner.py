@@ -214,6 +214,17 @@ class StackRunner:
             log.warning("webhook %s: %s", url, self.webhook_check.detail)
         return self.webhook_check
 
+    def stop_service(self, name: str) -> None:
+        """Stop one service instance (`name` as given when it was started)."""
+        service = self.services.pop(name, None)
+        if service is not None:
+            service.process.stop()
+
+    def infrastructure_pid(self, part: str) -> int | None:
+        """The pid of an embedded part this runner started (`mlflow`, `redis`, `kafka`), else None."""
+        process = self._stack.processes.get(part) if self._stack is not None else None
+        return process.proc.pid if process is not None and process.proc is not None else None
+
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):
             service.process.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -39,8 +40,7 @@ from services.gateway.feedback import flush_trace_writes
 from services.gateway.reloader import Reloader
 from services.gateway.settings import GatewaySettings
 from services.gateway.shadow import ShadowMirror
-from services.shared import http_json
-from services.shared.http_ops import add_ops_routes
+from services.shared.http_ops import add_ops_routes, service_app
 from services.shared.kafka.admin import check_topics
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
@@ -155,6 +155,9 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
             await asyncio.sleep(0)
             await asyncio.wait_for(_settle(gw), timeout=60.0)
         gw.started.set()
+        # Everything imported and loaded so far lives as long as the process: out of the collector's
+        # way, so its full collections do not walk MLflow's, sklearn's and pandas' objects under load.
+        gc.freeze()
         log.info("gateway replica %s ready, serving %s", gw.replica, gw.table.served())
         try:
             yield
@@ -170,8 +173,7 @@ def create_app(settings: GatewaySettings | None = None, loader: MlflowModelLoade
                 gw.publisher.close()
             await gw.redis.aclose()
 
-    app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
-    http_json.install(app)
+    app = service_app("Flywheel gateway", "0.1.0", lifespan=lifespan)
     app.include_router(router)
 
     async def serving_started() -> bool:
@@ -194,6 +196,9 @@ def run() -> None:
     # MLflow's client retries a failed call 7 times with doubling back-off (about 2 minutes) — on the
     # request path that is a hung request. The reloader has its own back-off; a request fails fast.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    import sys
+
+    sys.setswitchinterval(float(os.environ.get("X_SWITCH", "0.005")))
     settings = GatewaySettings()
     configure_logging(settings.log_level, f"gateway[{settings.replica_name()}]")
     if settings.pandas_object_strings:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +33,9 @@ from redis.exceptions import RedisError
 from events import InferenceRecorded
 from services.gateway import metrics
 from services.gateway.adapters.model_loader import LoadedModel
-from services.gateway.adapters.traffic_router import routing_key
 from services.gateway.domain.inputs import InputError, ParsedInputs, parse_inputs
 from services.gateway.domain.model_manager import ModelRef
-from services.gateway.domain.served import ServedRequest
+from services.gateway.domain.served import ServedRequest, new_request_id
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.schemas import PredictRequest, PredictResponse
 from services.gateway.shadow import MirroredRequest
@@ -76,7 +74,7 @@ async def _choose_alias(
     champion, challenger = gw.settings.champion_alias, gw.settings.challenger_alias
     if alias is not None:
         return alias, ("challenger" if alias == challenger else "champion"), None
-    chosen = await gw.router.route(name, routing_key(body.user_id, body.inputs))
+    chosen = await gw.router.route(name, body.user_id, body.inputs)
     if chosen.variant == "challenger":
         loaded = gw.table.get(name, challenger)
         split = gw.router.split(name)
@@ -182,6 +180,7 @@ def served_request(
     return carry(
         event,
         ServedRequest,
+        trusted=True,  # the event validated the same facts a moment ago
         served_at=event.occurred_at,
         started_ns=started_ns,
         model_id=target.loaded.model_id,
@@ -209,8 +208,8 @@ async def _predict(
         parsed = check_inputs(gw, target, body)
     finally:
         gw.predictions.arrived()
-    request_id = uuid.uuid4().hex
-    trace_id = gw.tracer.trace_id()
+    request_id = new_request_id()
+    trace_id = gw.tracer.trace_id(request_id)
     outputs, error = await call_model(gw, target.loaded, parsed, body.params)
     latency_ms = (time.perf_counter() - started) * 1000
     status = "ok" if error is None else "error"

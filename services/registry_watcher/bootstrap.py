@@ -22,8 +22,7 @@ from services.registry_watcher.entrypoints.http import router
 from services.registry_watcher.entrypoints.poller import RegistryPoller
 from services.registry_watcher.handlers import AliasChangeRecorder
 from services.registry_watcher.settings import WatcherSettings
-from services.shared import http_json
-from services.shared.http_ops import ReadinessCheck, add_ops_routes
+from services.shared.http_ops import ReadinessCheck, add_ops_routes, service_app
 from services.shared.kafka.admin import check_topics
 from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
@@ -126,8 +125,7 @@ def create_app(settings: WatcherSettings | None = None, *, background: bool = Tr
             await asyncio.to_thread(watcher.publisher.close)
             await watcher.redis.aclose()
 
-    app = FastAPI(title="Flywheel registry watcher", version="1", lifespan=lifespan)
-    http_json.install(app)
+    app = service_app("Flywheel registry watcher", "1", lifespan=lifespan)
     app.include_router(router)
 
     def readiness() -> dict[str, ReadinessCheck]:

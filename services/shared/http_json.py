@@ -180,8 +180,8 @@ Authorize = Callable[[Request], Awaitable[None]]
 class JsonPolicyRoute(APIRoute):
     """Reads and checks the body before FastAPI parses it; runs the route's `authorize` hook first.
 
-    Starlette caches the body on the request, so FastAPI's own parsing afterwards reads the same bytes;
-    since they passed `parse_body`, its `json.loads` meets nothing the policy refuses.
+    Starlette caches the body and its parsed JSON on the request, so FastAPI's own parsing afterwards
+    takes the value that passed `parse_body`.
     """
 
     max_body_bytes = MAX_BODY_BYTES
@@ -206,7 +206,9 @@ class JsonPolicyRoute(APIRoute):
                     raise HTTPException(413, detail=f"body exceeds {limit} bytes")
                 if body:
                     try:
-                        parse_body(body, max_depth=depth)
+                        # Starlette caches a request's parsed JSON here: FastAPI reads this value
+                        # instead of parsing the same bytes a second time.
+                        request._json = parse_body(body, max_depth=depth)
                     except JsonPolicyError as exc:
                         raise exc.as_validation_error() from None
                     except ValueError as exc:  # not JSON (or not UTF-8): 422 like FastAPI's json_invalid

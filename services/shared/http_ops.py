@@ -1,4 +1,5 @@
-"""Operational endpoints every HTTP service exposes: /healthz, /readyz, /metrics.
+"""How every HTTP service's app is made (`service_app`), and the operational endpoints each exposes:
+/healthz, /readyz, /metrics.
 
 Readiness runs the service's dependency checks (each an async callable returning None or raising) and
 answers 503 naming the dependency that is down, so orchestrators route traffic only to ready replicas.
@@ -8,12 +9,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from services.shared import http_json
+
 ReadinessCheck = Callable[[], Awaitable[object]]
+
+# FastAPI's native OpenTelemetry instrumentation asks the global OTel providers on every request whether
+# it is on (they are installed here, with MLflow): our services report through Prometheus instead.
+NO_NATIVE_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+
+
+def service_app(title: str, version: str, **options: Any) -> FastAPI:
+    """A service's FastAPI app under the shared JSON policy (`http_json.install`), without FastAPI's
+    per-request OpenTelemetry checks."""
+    app = FastAPI(title=title, version=version, telemetry=NO_NATIVE_TELEMETRY, **options)
+    http_json.install(app)
+    return app
 
 
 def add_ops_routes(

@@ -22,7 +22,7 @@ from services.canary_rollout.handlers import ADMIN_ACTIONS, RolloutService
 from services.shared import http_json
 from services.shared.console.api import Limit, Offset, Page, mount_console, page_of
 from services.shared.history_api import history_router
-from services.shared.http_ops import add_ops_routes
+from services.shared.http_ops import add_ops_routes, service_app
 from services.shared.identifiers import ModelName
 
 
@@ -33,8 +33,7 @@ class AdminAction(BaseModel):
 
 def create_api(service: RolloutService, ready: Callable[[], bool] = lambda: True) -> FastAPI:
     """The control API; `ready` says whether the worker behind it consumes (its /readyz)."""
-    app = FastAPI(title="Flywheel canary rollout", version="0.1.0")
-    http_json.install(app)
+    app = service_app("Flywheel canary rollout", "0.1.0")
 
     async def worker_ready() -> bool:
         return ready()

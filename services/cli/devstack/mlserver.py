@@ -20,6 +20,7 @@ import subprocess
 import sys
 from importlib.metadata import version as installed
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -64,9 +65,17 @@ def ensure_mlserver(version: str = DEFAULT_MLSERVER_VERSION, timeout_s: float = 
 
 
 def start_mlserver(
-    model_dir: Path, name: str, workdir: Path, version: str = DEFAULT_MLSERVER_VERSION
+    model_dir: Path,
+    name: str,
+    workdir: Path,
+    version: str = DEFAULT_MLSERVER_VERSION,
+    *,
+    max_batch_size: int = 0,
+    max_batch_time_s: float = 0.0,
 ) -> tuple[ManagedProcess, str]:
-    """Serve the MLflow model in `model_dir` as `name`; returns the process and its base URL, ready."""
+    """Serve the MLflow model in `model_dir` as `name`; returns the process and its base URL, ready.
+    With `max_batch_size` > 1, MLServer's adaptive batching gathers up to that many requests or waits
+    up to `max_batch_time_s` (its `max_batch_size` / `max_batch_time` model settings)."""
     executable = ensure_mlserver(version)
     home = workdir / "mlserver" / name
     home.mkdir(parents=True, exist_ok=True)
@@ -80,16 +89,18 @@ def start_mlserver(
         "parallel_workers": 0,
     }
     (home / "settings.json").write_text(json.dumps(settings, indent=2))
-    model_settings = {
+    model_settings: dict[str, Any] = {
         "name": name,
         "implementation": "mlserver_mlflow.MLflowRuntime",
         "parameters": {"uri": str(model_dir)},
     }
+    if max_batch_size > 1:
+        model_settings |= {"max_batch_size": max_batch_size, "max_batch_time": max_batch_time_s}
     (home / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
     process = ManagedProcess(
-        "mlserver",
+        f"mlserver-{name}",
         [str(executable), "start", str(home)],
-        log_path=workdir / "logs" / "mlserver.log",
+        log_path=workdir / "logs" / f"mlserver-{name}.log",
         env={k: v for k, v in os.environ.items() if not k.startswith("MLSERVER_")},
         cwd=home,
     )

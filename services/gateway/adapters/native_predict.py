@@ -19,12 +19,14 @@ the general path. `tests/integration/test_native_predict.py` checks both paths a
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
 
 from services.gateway.domain.inputs import NUMERIC_FLOAT, NUMERIC_INT, InputField, parse_inputs
 
@@ -49,8 +51,21 @@ def as_list(result: Any) -> list[Any]:
     return list(result) if isinstance(result, list | tuple) else [result]
 
 
+_configured = threading.local()
+
+
+def _finite_inputs_assumed() -> None:
+    """sklearn's own finiteness check, off in the threads that predict: every number reaching the native
+    path was checked finite by the gateway (`domain/inputs.py` refuses NaN and infinities). sklearn's
+    configuration is per thread; `config_context` per call would cost more than the check it skips."""
+    if not getattr(_configured, "done", False):
+        sklearn.set_config(assume_finite=True)
+        _configured.done = True
+
+
 def _array_predict(method: Callable[[Any], Any], names: Sequence[str]) -> Predict:
     def predict(records: list[dict[str, Any]], params: dict[str, Any]) -> list[Any]:
+        _finite_inputs_assumed()
         rows = np.array([[record[name] for name in names] for record in records], dtype=np.float64)
         return as_list(method(rows))
 
@@ -61,6 +76,7 @@ def _frame_predict(method: Callable[[Any], Any], names: Sequence[str]) -> Predic
     columns = list(names)
 
     def predict(records: list[dict[str, Any]], params: dict[str, Any]) -> list[Any]:
+        _finite_inputs_assumed()
         return as_list(method(pd.DataFrame.from_records(records, columns=columns)))
 
     return predict

@@ -5,8 +5,9 @@ read by the feedback endpoint, which also writes a rated prediction's MLflow tra
 trace was not written as it was served. When the entry expired or was never written, MLflow's trace
 (metadata `flywheel.request_id`) is looked up instead — which exists for the sampled and rated ones.
 
-Keys (the gateway's own): `{prefix}:request:{request_id}` (the ServedRequest JSON) and
-`{prefix}:trace-request:{trace_id}` (its request id, for feedback given by trace id), both with the TTL.
+Keys (the gateway's own): `{prefix}:request:{request_id}` (the ServedRequest JSON), with the TTL. A trace id
+is `tr-` + its request id (`domain/served.trace_id_of`), so feedback given by trace id needs no mapping;
+`{prefix}:trace-request:{trace_id}` (a trace id's request id) is still read for entries written before.
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.gateway import metrics
-from services.gateway.domain.served import ServedRequest
+from services.gateway.domain.served import ServedRequest, request_id_of
 from services.shared.redis_store import RedisKeys
 
 log = logging.getLogger(__name__)
 
+# One command for a whole batch: a pipeline of SETs costs the gateway's event loop a packed command and a
+# parsed reply per entry (redis-py, in Python); the script costs one of each per batch.
+_SET_ALL = """
+for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1]) end
+return #KEYS
+"""
+
 
 class RequestLog:
-    """Entries are buffered and written in one pipeline every `flush_ms` (one Redis round trip for many
+    """Entries are buffered and written in one script call every `flush_ms` (one Redis round trip for many
     requests instead of one per request); `by_request` flushes first, so feedback always finds them."""
 
     def __init__(self, redis: aioredis.Redis, keys: RedisKeys, ttl_s: int, flush_ms: int = 20) -> None:
@@ -35,6 +43,7 @@ class RequestLog:
         self._flush_s = flush_ms / 1000
         self._pending: list[ServedRequest] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._set_all = redis.register_script(_SET_ALL)
 
     def remember(self, served: ServedRequest) -> None:
         self._pending.append(served)
@@ -56,17 +65,9 @@ class RequestLog:
             except Exception as exc:
                 metrics.REQUEST_LOG.labels("poison").inc()
                 log.error("request %s cannot be logged, skipped: %r", served.request_id, exc)
+        keys = [self._keys.key("request", served.request_id) for served, _ in encoded]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for served, raw in encoded:
-                    pipe.set(self._keys.key("request", served.request_id), raw, ex=self._ttl_s)
-                    if served.trace_id:
-                        pipe.set(
-                            self._keys.key("trace-request", served.trace_id),
-                            served.request_id,
-                            ex=self._ttl_s,
-                        )
-                await pipe.execute()
+            await self._set_all(keys=keys, args=[self._ttl_s, *(raw for _, raw in encoded)])
         except (RedisError, OSError) as exc:
             metrics.REQUEST_LOG.labels("unavailable").inc(len(encoded))
             log.debug("%d requests not logged: %s", len(encoded), exc)
@@ -79,5 +80,9 @@ class RequestLog:
         return ServedRequest.model_validate_json(raw) if raw else None
 
     async def by_trace(self, trace_id: str) -> ServedRequest | None:
-        request_id = await self._redis.get(self._keys.key("trace-request", trace_id))
+        derived = request_id_of(trace_id)
+        found = await self.by_request(derived) if derived else None
+        if found is not None and found.trace_id == trace_id:
+            return found
+        request_id = await self._redis.get(self._keys.key("trace-request", trace_id))  # older entries
         return await self.by_request(str(request_id)) if request_id else None

@@ -1,7 +1,7 @@
 """A served prediction as an MLflow trace, built from its `ServedRequest` without MLflow's tracer.
 
 The gateway does not run MLflow's in-process tracing (OpenTelemetry spans, a trace manager, an exporter per
-prediction): it fixes the trace id when it serves (`domain/served.new_trace_id`) and keeps the facts of the
+prediction): it fixes the trace id when it serves (`domain/served.trace_id_of`) and keeps the facts of the
 prediction. The trace is built from them here, in the trace export process, when it is to be written —
 at once for a sampled prediction or an error, or days later when the prediction is rated. It is the trace
 MLflow's tracer would have made for the same call: one root span `predict {model}` (type CHAIN) with the

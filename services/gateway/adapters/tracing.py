@@ -1,7 +1,7 @@
 """MLflow traces proportional to need, not to traffic.
 
-Every prediction gets a trace id when it is served (`domain/served.new_trace_id`), and the response returns
-it. The trace itself is written to MLflow only when it is needed:
+Every prediction gets a trace id when it is served (`domain/served.trace_id_of` its request id), and the
+response returns it. The trace itself is written to MLflow only when it is needed:
 - a sampled share of predictions (`FLYWHEEL_TRACE_SAMPLE`, deterministic per request id),
 - every prediction that failed,
 - every prediction that receives feedback: the feedback path materialises the trace from the request log
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from services.gateway.adapters.trace_export import TraceExportProcess
 from services.gateway.adapters.trace_writer import ExportLimits
-from services.gateway.domain.served import ServedRequest, new_trace_id, trace_wanted
+from services.gateway.domain.served import ServedRequest, trace_id_of, trace_wanted
 
 
 class PredictionTracer:
@@ -41,9 +41,9 @@ class PredictionTracer:
         if self.enabled:
             self._channel.start()
 
-    def trace_id(self) -> str | None:
+    def trace_id(self, request_id: str) -> str | None:
         """The id this prediction's trace has (and will be written under); None with tracing off."""
-        return new_trace_id() if self.enabled else None
+        return trace_id_of(request_id) if self.enabled else None
 
     def wanted_now(self, request_id: str, *, error: bool) -> bool:
         """Is the trace of this prediction written as it is served (sampled, or an error)?"""

@@ -65,7 +65,9 @@ class TrafficRouter:
         finally:
             self._refreshing.discard(model)
 
-    async def route(self, model: str, key: str) -> Route:
+    async def route(self, model: str, user_id: str | None, inputs: Any) -> Route:
+        """The variant for this request; its routing key (`routing_key`) is only computed while a
+        challenger takes traffic (hashing the inputs of every request would cost each one)."""
         cached = self._splits.get(model)
         if cached is None:
             await self._load(model)
@@ -75,4 +77,5 @@ class TrafficRouter:
         split = self.split(model)
         if split is None or split.weight <= 0 or not split.challenger_version:
             return Route("champion", split.rollout_id if split else None, 0.0)
+        key = routing_key(user_id, inputs)
         return Route(choose_variant(split.rollout_id, key, split.weight), split.rollout_id, split.weight)

@@ -2,9 +2,10 @@
 
 A trace is written to MLflow only when it is needed (`trace_wanted`): a sampled share of predictions,
 every error, and every prediction that receives feedback. A prediction's trace id is nevertheless fixed
-when it is served (`new_trace_id`, MLflow's `tr-` + 32 hex form) and returned in the response; the
-`ServedRequest` keeps everything the trace needs (timing, inputs, outputs, version, metadata), so the trace
-of a prediction rated a week later is written then, from this record, under the id the response carried.
+when it is served (`trace_id_of` the request id: MLflow's `tr-` + 32 hex form) and returned in the
+response; the `ServedRequest` keeps everything the trace needs (timing, inputs, outputs, version,
+metadata), so the trace of a prediction rated a week later is written then, from this record, under the id
+the response carried.
 """
 
 from __future__ import annotations
@@ -44,9 +45,21 @@ class ServedRequest(BaseModel):
     traced: bool = False  # its trace was written when it was served (sampled, or an error)
 
 
-def new_trace_id() -> str:
-    """A trace id in MLflow's V3 form: `tr-` + the 128-bit OpenTelemetry trace id as 32 hex digits."""
-    return TRACE_ID_PREFIX + uuid.uuid4().hex
+def new_request_id() -> str:
+    """32 random hex digits (uuid4): a request's id, and (after `tr-`) its trace's id."""
+    return uuid.uuid4().hex
+
+
+def trace_id_of(request_id: str) -> str:
+    """The trace id of a request, in MLflow's V3 form: `tr-` + the 128-bit OpenTelemetry trace id as 32 hex
+    digits — the request id's own digits, so either id names the other and no mapping is stored."""
+    return TRACE_ID_PREFIX + request_id
+
+
+def request_id_of(trace_id: str) -> str | None:
+    """The request id a trace id was made from (None for a trace id not made by `trace_id_of`)."""
+    hex_part = trace_id.removeprefix(TRACE_ID_PREFIX)
+    return hex_part if len(hex_part) == 32 and trace_id.startswith(TRACE_ID_PREFIX) else None
 
 
 def sampled(request_id: str, share: float) -> bool:
