@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from events import FEEDBACK_RECORDED, INFERENCES
+from services.gateway.adapters.event_relay import KafkaTarget
 from services.gateway.adapters.fleet_heartbeat import FleetHeartbeat
 from services.gateway.adapters.inference_events import InferenceEmitter
 from services.gateway.adapters.mlflow_feedback import FeedbackService
@@ -82,10 +83,15 @@ def build_gateway(settings: GatewaySettings, loader: MlflowModelLoader | None = 
         else None
     )
     emitter = InferenceEmitter(
-        publisher,
+        KafkaTarget(
+            settings.kafka_bootstrap_servers,
+            settings.kafka_profile,
+            client_id=f"flywheel-gateway-{settings.replica_name()}-events",
+        )
+        if settings.inference_events_enabled
+        else None,
         max_queue=settings.inference_queue_size,
         batch_size=settings.inference_batch_size,
-        flush_ms=settings.inference_flush_ms,
         linger_ms=settings.inference_linger_ms,
     )
     router = TrafficRouter(redis, keys)
@@ -196,9 +202,6 @@ def run() -> None:
     # MLflow's client retries a failed call 7 times with doubling back-off (about 2 minutes) — on the
     # request path that is a hung request. The reloader has its own back-off; a request fails fast.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    import sys
-
-    sys.setswitchinterval(float(os.environ.get("X_SWITCH", "0.005")))
     settings = GatewaySettings()
     configure_logging(settings.log_level, f"gateway[{settings.replica_name()}]")
     if settings.pandas_object_strings:

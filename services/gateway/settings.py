@@ -61,9 +61,11 @@ class GatewaySettings(FlywheelSettings):
     inference_events_enabled: bool = True
     inference_queue_size: int = count_field(10_000)
     inference_batch_size: int = count_field(200)
-    inference_flush_ms: int = count_field(50)
     inference_linger_ms: int = count_field(
-        20, "Wait this long for more inference events before a produce request (one per batch).", minimum=0
+        20,
+        "Gather inference events this long before handing them to the event relay (one hand-off and one "
+        "produce request per batch).",
+        minimum=0,
     )
     pandas_object_strings: bool = Field(
         default=True,

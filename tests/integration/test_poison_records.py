@@ -11,9 +11,9 @@ import pytest
 
 from events import ALIAS_CHANGED, AliasChanged, AliasSource
 from services.cli.devstack.stack import Endpoints
+from services.gateway.adapters.child_loop import ChildLimits
 from services.gateway.adapters.request_log import RequestLog
 from services.gateway.adapters.trace_export import TraceExportProcess
-from services.gateway.adapters.trace_writer import ExportLimits
 from services.gateway.domain.served import ServedRequest
 from services.registry_watcher.adapters.alias_state import AliasStateStore
 from services.registry_watcher.adapters.outbox import OutboxRelay
@@ -82,7 +82,7 @@ async def test_outbox_relay_sets_poison_aside_and_publishes_what_follows(stack: 
 
 def test_trace_export_writer_outlives_an_unserialisable_trace(stack: Endpoints) -> None:
     channel = TraceExportProcess(
-        stack.mlflow_tracking_uri, unique("tests/poison-traces"), ExportLimits(drain_s=5)
+        stack.mlflow_tracking_uri, unique("tests/poison-traces"), ChildLimits(drain_s=5)
     )
     try:
         channel.start()
@@ -98,3 +98,40 @@ def test_trace_export_writer_outlives_an_unserialisable_trace(stack: Endpoints) 
         assert mlflow.get_trace("tr-" + "23" * 16) is not None  # the good one behind them
     finally:
         channel.close()
+
+
+def test_inference_events_reach_kafka_through_the_relay_past_a_poison_event(stack: Endpoints) -> None:
+    from events import INFERENCES, InferenceRecorded
+    from services.gateway.adapters.event_relay import KafkaTarget
+    from services.gateway.adapters.inference_events import InferenceEmitter
+
+    model = unique("relay")
+    emitter = InferenceEmitter(
+        KafkaTarget(stack.kafka_bootstrap_servers, stack.kafka_profile, client_id="tests-relay"), linger_ms=5
+    )
+    reader = TopicReader(stack, INFERENCES)
+
+    def event(request_id: str, inputs: Any) -> InferenceRecorded:
+        return InferenceRecorded(
+            producer="tests",
+            model=model,
+            version="1",
+            request_id=request_id,
+            replica="r1",
+            status="ok",
+            latency_ms=1.0,
+            inputs=inputs,
+        )
+
+    try:
+        emitter.start()
+        emitter.emit(event("before", {"a": 1}))
+        emitter.emit(event("poison", {"a": "\ud800"}))  # cannot be encoded as UTF-8
+        emitter.emit(event("after", {"a": 2}))
+        assert emitter.flush(60), "the relay did not finish what it was handed"
+        got = reader.wait_for(lambda e: isinstance(e, InferenceRecorded) and e.model == model, 2)
+    finally:
+        emitter.stop()
+        reader.close()
+    assert [e.request_id for e in got if isinstance(e, InferenceRecorded)] == ["before", "after"]
+    assert emitter.counts == {"sent": 2, "dropped": 0, "poison": 1}

@@ -4,26 +4,28 @@ still goes out. (The lone-surrogate request once stopped a replica's event publi
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 
+import pytest
+
 from events import AliasChanged, AliasSource, InferenceRecorded, decode, encode
-from services.gateway.adapters.inference_events import InferenceEmitter
+from services.gateway.adapters.event_relay import Relay, from_line, to_line
 from services.registry_watcher.adapters.outbox import _split_poison
-from services.shared.kafka.publisher import Record
+from services.shared.kafka.publisher import PublishError, Record
 
 
 class FakePublisher:
-    def __init__(self) -> None:
+    def __init__(self, failures: list[Exception]) -> None:
         self.records: list[Record] = []
+        self.failures = failures  # raised by the next calls, in order
         self.calls = 0
         self.lock = threading.Lock()
 
     def publish_sync(self, records: Sequence[Record]) -> list[object]:
         with self.lock:
             self.calls += 1
-            if self.calls == 1:
-                raise RuntimeError("an unexpected failure that is not a PublishError")
+            if self.failures:
+                raise self.failures.pop(0)
             self.records.extend(records)
         return []
 
@@ -41,22 +43,28 @@ def inference(request_id: str, inputs: object) -> InferenceRecorded:
     )
 
 
-def test_the_inference_publisher_outlives_a_poison_event_and_an_unexpected_error() -> None:
-    publisher = FakePublisher()
-    emitter = InferenceEmitter(publisher, flush_ms=5)  # type: ignore[arg-type]
-    emitter.start()
-    try:
-        emitter.emit(inference("first", {"a": 1}))  # its batch meets the unexpected error: dropped, counted
-        time.sleep(0.2)
-        emitter.emit(inference("poison", {"a": "\ud800"}))  # cannot be encoded as UTF-8
-        emitter.emit(inference("good", {"a": 2}))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not publisher.records:
-            time.sleep(0.02)
-    finally:
-        emitter.stop()
-    assert [decode(r.value, InferenceRecorded).request_id for r in publisher.records] == ["good"]
-    assert emitter.poison == 1 and emitter.sent == 1 and emitter._thread is None  # stopped cleanly
+def test_an_event_record_travels_the_relay_line_unchanged() -> None:
+    record = Record.of(inference("r-1", {"text": "tab\there, newline\nthere", "n": 1}))
+    line = to_line(record)
+    assert b"\n" not in line and line.count(b"\t") == 2  # compact JSON escapes control characters
+    assert from_line(line + b"\n") == record
+
+
+def test_the_event_relay_retries_what_kafka_refused_and_outlives_an_unexpected_error() -> None:
+    publisher = FakePublisher([PublishError("broker down"), PublishError("still down")])
+    relay = Relay(publisher, retry_initial_s=0.001)  # type: ignore[arg-type]
+    good = [to_line(Record.of(inference(f"r-{i}", {"a": i}))) for i in range(3)]
+    assert relay.handle([*good, b"not a record"]) == (3, 1)  # retried until acknowledged; the junk counted
+    assert publisher.calls == 3
+    assert [decode(r.value, InferenceRecorded).request_id for r in publisher.records] == ["r-0", "r-1", "r-2"]
+    publisher.failures.append(RuntimeError("an unexpected failure that is not a PublishError"))
+    assert relay.handle(good[:1]) == (0, 1)  # that batch is dropped and counted, the relay goes on
+    assert relay.handle(good[1:2]) == (1, 0)
+
+
+def test_an_event_that_cannot_be_encoded_is_poison_before_it_reaches_the_relay() -> None:
+    with pytest.raises(ValueError):  # pydantic: surrogates not allowed
+        to_line(Record.of(inference("poison", {"a": "\ud800"})))  # the emitter counts it as poison
 
 
 def alias(version: str) -> AliasChanged:

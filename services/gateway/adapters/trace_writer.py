@@ -1,48 +1,25 @@
 """The trace export child process: reads served requests (one `ServedRequest` JSON per line) on stdin,
 builds each one's MLflow trace (`trace_builder`) and writes them to MLflow in batches, at a lower CPU
-priority. Started by `trace_export.TraceExportProcess`; the protocol and the reasons are described there.
+priority. Started by `trace_export.TraceExportProcess` (the reasons are described there); the line
+protocol is `child_pipe`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import queue
-import signal
 import sys
-import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from typing import IO, Any
+from collections.abc import Callable
+from typing import Any
 
 from mlflow.entities import Trace, TraceInfo
 
+from services.gateway.adapters.child_loop import BatchHandler, ChildLimits, serve
 from services.gateway.adapters.trace_builder import build_trace
 from services.gateway.domain.served import ServedRequest
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExportLimits:
-    """How the child exports: `batch_size` traces per MLflow write, at `nice` lower CPU priority,
-    holding at most `max_queue` traces, and writing on for up to `drain_s` once the gateway goes away.
-    Passed to the child as one JSON argument."""
-
-    max_queue: int = 10_000
-    batch_size: int = 32
-    nice: int = 10
-    drain_s: float = 10.0
-
-    def to_arg(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_arg(cls, arg: str) -> ExportLimits:
-        return cls(**json.loads(arg))
 
 
 def _spans_unsupported(exc: Exception) -> bool:
@@ -126,7 +103,7 @@ class _Writer:
 
 def _built(writer: _Writer, raw: list[bytes], patience_s: float) -> tuple[list[Trace], int]:
     """`writer.build(raw)`, retried while MLflow cannot say which experiment the traces go to (a restart
-    of the tracking server): after `patience_s` and more the batch is given up, counted as failed."""
+    of the tracking server): after `patience_s` (at least 30 s) the batch is given up, counted as failed."""
     deadline = time.monotonic() + max(patience_s, 30.0)
     delay = 0.5
     while True:
@@ -142,74 +119,25 @@ def _built(writer: _Writer, raw: list[bytes], patience_s: float) -> tuple[list[T
             delay = min(delay * 2, 5.0)
 
 
-def _child_main(argv: list[str]) -> None:
-    tracking_uri, experiment, limits = argv[0], argv[1], ExportLimits.from_arg(argv[2])
-    acks: IO[str] | None = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    logging.basicConfig(level=logging.WARNING, format="trace-export %(levelname)s %(name)s: %(message)s")
-    deadline_started = threading.Event()
+def trace_handler(tracking_uri: str, experiment: str) -> Callable[[ChildLimits], BatchHandler]:
+    """The batch handler of the trace export child: build the traces, then write them."""
 
-    def exit_soon(*_: object) -> None:
-        """The gateway is going away: keep writing what we have for up to `limits.drain_s`, then exit."""
-        if not deadline_started.is_set():
-            deadline_started.set()
-            timer = threading.Timer(limits.drain_s, os._exit, args=(0,))
-            timer.daemon = True
-            timer.start()
+    def make(limits: ChildLimits) -> BatchHandler:
+        writer = _Writer(tracking_uri, experiment)
 
-    # A Ctrl-C or SIGTERM to the process group reaches us together with the gateway, which then still
-    # hands over what it has queued: drain instead of dying at once.
-    signal.signal(signal.SIGINT, exit_soon)
-    signal.signal(signal.SIGTERM, exit_soon)
-    if limits.nice:
-        with contextlib.suppress(OSError):
-            os.nice(limits.nice)
-    writer = _Writer(tracking_uri, experiment)
-    # Bounded: when it is full the pipe fills, then the gateway's hand-off queue, then traces are dropped.
-    lines: queue.Queue[bytes | None] = queue.Queue(maxsize=limits.max_queue)
+        def handle(raw: list[bytes]) -> tuple[int, int]:
+            traces, unreadable = _built(writer, raw, limits.drain_s)
+            exported, failed = writer.write(traces) if traces else (0, 0)
+            return exported, failed + unreadable
 
-    def read_stdin() -> None:
-        for line in sys.stdin.buffer:
-            lines.put(line)
-        exit_soon()  # EOF: the gateway closed the pipe or died
-        lines.put(None)
+        return handle
 
-    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
-    done = exported = failed = 0
-    eof = False
-    while not eof:
-        raw: list[bytes] = []
-        item = lines.get()
-        while True:
-            if item is None:
-                eof = True
-                break
-            raw.append(item)
-            if len(raw) >= limits.batch_size:
-                break
-            try:
-                item = lines.get_nowait()
-            except queue.Empty:
-                break
-        traces, unreadable = _built(writer, raw, limits.drain_s) if raw else ([], 0)
-        failed += unreadable
-        if traces:
-            ok, bad = writer.write(traces)
-            exported += ok
-            failed += bad
-        done += len(raw)
-        if raw and acks is not None:
-            try:
-                acks.write(json.dumps({"done": done, "exported": exported, "failed": failed}) + "\n")
-            except OSError:  # the gateway is gone; keep draining until EOF or the deadline
-                with contextlib.suppress(OSError):
-                    acks.close()
-                acks = None
+    return make
 
 
 if __name__ == "__main__":
     from services.shared.mlflow_environment import skip_absent_environment_probes
 
     skip_absent_environment_probes()
-    _child_main(sys.argv[1:])
+    tracking_uri, experiment, limits = sys.argv[1], sys.argv[2], ChildLimits.from_arg(sys.argv[3])
+    serve("trace-export", limits, trace_handler(tracking_uri, experiment))

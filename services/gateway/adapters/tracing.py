@@ -17,8 +17,8 @@ traces were dropped at random — including ones users later rated.
 
 from __future__ import annotations
 
+from services.gateway.adapters.child_loop import ChildLimits
 from services.gateway.adapters.trace_export import TraceExportProcess
-from services.gateway.adapters.trace_writer import ExportLimits
 from services.gateway.domain.served import ServedRequest, trace_id_of, trace_wanted
 
 
@@ -30,7 +30,7 @@ class PredictionTracer:
         *,
         enabled: bool = True,
         sample: float = 0.01,
-        limits: ExportLimits = ExportLimits(),
+        limits: ChildLimits = ChildLimits(),
     ) -> None:
         self.enabled = enabled
         self.sample = sample
