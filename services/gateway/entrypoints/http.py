@@ -65,6 +65,10 @@ async def model_status(gw: GatewayDep, name: ModelName) -> dict[str, Any]:
         "model": name,
         "replica": gw.replica,
         "aliases": served,
+        "paths": {  # how each served version is predicted: the native fast path, else its flavour
+            alias: (loaded.native or loaded.flavour) if (loaded := gw.table.get(name, alias)) else None
+            for alias in served
+        },
         "swapped_at": gw.table.swapped_at(name),
         "resolution_cache": resolution,
         "reload_errors": {a: e for (m, a), e in gw.reloader.last_error.items() if m == name},
