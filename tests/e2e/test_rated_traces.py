@@ -144,4 +144,4 @@ def test_every_rated_prediction_is_traced_and_linked_and_the_rest_only_when_samp
         }
     rows_out = list(exporter.examples(exporter.query_traces_with_feedback(name, limit=10_000)))
     corrected = {r for r, rating in ratings.items() if "corrected_output" in rating}
-    assert sum(1 for row in rows_out if row.corrected) == len(corrected)
+    assert {row.request_id for row in rows_out if row.source == "corrected"} == corrected

@@ -3,8 +3,9 @@
 Each registered version is loaded by the gateway's loader; the sklearn ones must take a native path (an
 array in signature order, or a named frame for a pipeline that selects columns by name) and a pyfunc
 PythonModel must stay on pyfunc. Then every held-out row is predicted through the native path and through
-pyfunc — one row at a time, all rows in one call, and through the gateway's micro-batching — and the
-outputs must be identical.
+pyfunc — one row at a time, and all rows in one call — and the outputs must be identical. Through the
+gateway's micro-batching, labels are identical to one-row predictions; probabilities may differ in the
+last bits (a batch is one matrix product, as in pyfunc's own batch call), within 1e-12.
 """
 
 from __future__ import annotations
@@ -85,19 +86,17 @@ def test_native_path_gives_pyfunc_outputs(
     name, version = versions[kind]
     loader = MlflowModelLoader(base_stack.mlflow_tracking_uri)
     loaded = loader(ModelRef(name, version=version))
-    assert loaded.native == native
-    assert loaded.batchable and loaded.predict_seconds > 0
+    assert loaded.native == native and loaded.batchable
     if native is None:
         return
+    assert loaded.predict_seconds > 0  # measured at load, on the input example
     mlflow.set_tracking_uri(base_stack.mlflow_tracking_uri)
     reference = _pyfunc_predict(mlflow.pyfunc.load_model(f"models:/{name}/{version}"))
     records = held_out_records(loaded)
     assert len(records) == 54
     expected_each = [reference([r], {}) for r in records]
     assert [loaded.predict([r], {}) for r in records] == expected_each
-    assert loaded.predict(records, {}) == reference(records, {}) == [e[0] for e in expected_each]
-    if kind == "proba":
-        assert all(isinstance(p, list) and len(p) == 3 for p in loaded.predict(records, {}))
+    assert loaded.predict(records, {}) == reference(records, {})
 
     async def batched() -> list[list[Any]]:
         predictions = Predictions(max_rows=16)
@@ -106,4 +105,13 @@ def test_native_path_gives_pyfunc_outputs(
         finally:
             predictions.close()
 
-    assert asyncio.run(batched()) == expected_each
+    got = asyncio.run(batched())
+    if kind != "proba":
+        assert got == expected_each == [[o] for o in reference(records, {})]
+        return
+    assert all(isinstance(p, list) and len(p) == 3 for (p,) in got)
+    assert all(
+        abs(a - b) <= 1e-12
+        for (p,), (q,) in zip(got, expected_each, strict=True)
+        for a, b in zip(p, q, strict=True)
+    )
