@@ -136,7 +136,7 @@ class InvalidationHandler:
         metrics.APPLIED.inc()
         metrics.LAST_APPLIED_LAG.set(lag_seconds(event, datetime.now(UTC)))
         log.info(
-            "applied %s %s@%s -> %s (%d cache keys dropped)",
+            "applied %s %s@%s -> %s (%d cache entries dropped)",
             event.event_id,
             event.model,
             event.alias,

@@ -23,7 +23,8 @@ APPLY_ERRORS = Counter(
     ["kind"],
 )
 CACHE_KEYS_DROPPED = Counter(
-    "flywheel_invalidation_cache_keys_dropped_total", "Per-model cache keys deleted after a change"
+    "flywheel_invalidation_cache_keys_dropped_total",
+    "Per-model cache entries (fields of the model's cache hash) deleted after a change",
 )
 LAST_APPLIED_LAG = Gauge(
     "flywheel_invalidation_last_applied_lag_seconds",

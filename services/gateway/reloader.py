@@ -96,8 +96,13 @@ class Reloader:
                 if target is None or (current is not None and current.version == target):
                     return
                 started = time.perf_counter()
+                ref = ModelRef(model, version=target)
                 try:
-                    loaded = await asyncio.to_thread(self._manager.load, ModelRef(model, version=target))
+                    # A version still in the cache (a move back, a rollback) swaps without a thread hop.
+                    cached = self._manager.get_if_loaded(ref)
+                    if cached is None:
+                        cached = await asyncio.to_thread(self._manager.load, ref)
+                    loaded: LoadedModel = cached
                 except Exception as exc:
                     metrics.RELOADS.labels(model, "failed").inc()
                     self.failed_loads += 1

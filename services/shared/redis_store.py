@@ -53,6 +53,12 @@ class RedisKeys:
     def reload_channel(self) -> str:
         return self.key("reload")
 
+    def model_cache(self, model: str) -> str:
+        """Hash of data cached for one model (anything that must not outlive an alias change): the cache
+        invalidation worker deletes it before the reload notice. One key per model, so dropping it costs
+        one command whatever the size of the database."""
+        return self.key("cache", model)
+
     def fleet_replicas(self) -> str:
         """Sorted set of gateway replicas by last heartbeat (services.shared.fleet)."""
         return self.key("fleet", "replicas")

@@ -169,14 +169,10 @@ def rig(
 
 def test_changes_are_applied_notified_in_order_and_drop_model_cache(rig: Rig) -> None:
     model, other, probe = unique("ci_m"), unique("ci_o"), unique("ci_p")
-    rig.redis.set(f"{rig.keys.prefix}:cache:{model}:champion:1", "cached prediction")
-    rig.redis.set(f"{rig.keys.prefix}:cache:{model}:challenger:2", "cached prediction")
-    survivors = [
-        f"{rig.keys.prefix}:cache:{other}:champion:1",
-        f"{rig.keys.prefix}:cache:{model}x:champion:1",
-    ]
+    rig.redis.hset(rig.keys.model_cache(model), mapping={"champion:1": "cached", "challenger:2": "cached"})
+    survivors = [rig.keys.model_cache(other), rig.keys.model_cache(f"{model}x")]
     for key in survivors:
-        rig.redis.set(key, "must stay")
+        rig.redis.hset(key, "champion:1", "must stay")
     worker = rig.workers([model, other, probe]).start()
     clock = Clock()
 
@@ -198,7 +194,7 @@ def test_changes_are_applied_notified_in_order_and_drop_model_cache(rig: Rig) ->
     first = alias_event(model, "champion", "1", clock.tick())
     rig.publisher.publish_sync([Record.of(first)])
     rig.notices.wait_for(lambda n: n.event_id == first.event_id)
-    assert rig.redis.keys(f"{rig.keys.prefix}:cache:{model}:*") == []
+    assert not rig.redis.exists(rig.keys.model_cache(model))
     assert all(rig.redis.exists(key) for key in survivors)
 
     rest = [

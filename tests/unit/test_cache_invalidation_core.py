@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import AliasChanged
-from services.cache_invalidation.adapters.resolution_writer import glob_escape, model_cache_pattern
 from services.cache_invalidation.domain.apply import (
     AlreadyApplied,
     Applied,
@@ -23,7 +22,6 @@ from services.cache_invalidation.domain.apply import (
     notice_for,
     replay,
 )
-from services.shared.redis_store import RedisKeys
 from services.shared.resolution import ResolutionEntry
 from tests.support.events import alias_changed
 
@@ -133,12 +131,6 @@ def test_lag_is_never_negative() -> None:
     event = changed("1", at=10)
     assert lag_seconds(event, T0) == 0.0
     assert lag_seconds(event, T0 + timedelta(seconds=12.5)) == pytest.approx(2.5)
-
-
-def test_model_cache_pattern_escapes_glob_characters() -> None:
-    assert model_cache_pattern(RedisKeys("fw"), "plain") == "fw:cache:plain:*"
-    assert model_cache_pattern(RedisKeys("f*w"), "a?b[c]\\d") == "f\\*w:cache:a\\?b\\[c\\]\\\\d:*"
-    assert glob_escape("no-special_chars.1") == "no-special_chars.1"
 
 
 # A history: per (model, alias), a sequence of sets/deletes with strictly increasing occurred_at, some

@@ -13,7 +13,6 @@ replaced, like `parse_entries` skips it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
@@ -64,22 +63,6 @@ redis.call('SADD', KEYS[2], ARGV[5])
 return {'applied', ARGV[2]}
 """
 
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
-
-
-def glob_escape(text: str) -> str:
-    """`text` as a literal inside a Redis MATCH pattern."""
-    return _GLOB_SPECIAL.sub(r"\\\1", text)
-
-
-def model_cache_pattern(keys: RedisKeys, model: str) -> str:
-    """MATCH pattern of the per-model cache keys (`{prefix}:cache:{model}:*`) that gateways fill.
-
-    Built here rather than in `RedisKeys` because only this writer deletes them; if a reader needs the
-    layout too, it belongs in `RedisKeys` (`model_cache_pattern`) next to the other key names.
-    """
-    return f"{glob_escape(keys.prefix)}:cache:{glob_escape(model)}:*"
-
 
 def entry_json(entry: ResolutionEntry) -> str:
     """Stored form of an entry: `ResolutionEntry` JSON with `occurred_at` in fixed-width UTC."""
@@ -106,10 +89,9 @@ class CasResult:
 
 
 class ResolutionWriter:
-    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, *, scan_count: int = 500) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys) -> None:
         self._redis = redis
         self._keys = keys
-        self._scan_count = scan_count
         self._cas = redis.register_script(_CAS_SCRIPT)
 
     async def read(self, model: str) -> dict[str, ResolutionEntry]:
@@ -132,19 +114,16 @@ class ResolutionWriter:
         return CasResult(CasStatus(status), stored_entry)
 
     async def drop_model_cache(self, model: str) -> int:
-        """Delete the model's cached data (`{prefix}:cache:{model}:*`); returns how many keys."""
-        dropped = 0
-        batch: list[str] = []
-        async for key in self._redis.scan_iter(
-            match=model_cache_pattern(self._keys, model), count=self._scan_count
-        ):
-            batch.append(key)
-            if len(batch) >= self._scan_count:
-                dropped += int(await self._redis.unlink(*batch))
-                batch.clear()
-        if batch:
-            dropped += int(await self._redis.unlink(*batch))
-        return dropped
+        """Delete the model's cached data (`RedisKeys.model_cache`); returns how many fields it held.
+
+        One hash per model, not a key pattern: a SCAN for `cache:{model}:*` walked every key of the
+        database on each alias change — the request log alone holds one per prediction."""
+        key = self._keys.model_cache(model)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hlen(key)
+            pipe.unlink(key)
+            fields, _ = await pipe.execute()
+        return int(fields)
 
     async def publish(self, notice: ReloadNotice) -> int:
         """Send the notice on the reload channel; returns the number of subscribers that got it."""
