@@ -29,11 +29,11 @@ from redis.exceptions import RedisError
 
 from events import FeedbackRecorded
 from services.gateway import metrics
-from services.gateway.domain.feedback_token import TokenRejected
+from services.gateway.domain.feedback_token import ServedFacts, TokenRejected
 from services.gateway.domain.inputs import InputError
 from services.gateway.domain.model_manager import ModelRef
 from services.gateway.domain.outputs import check_correction
-from services.gateway.domain.served import ServedRequest
+from services.gateway.domain.served import ServedRequest, request_id_of, trace_id_of
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.schemas import FeedbackRequest
 from services.shared.carry import carry
@@ -45,16 +45,21 @@ log = logging.getLogger(__name__)
 async def record_feedback(gw: Gateway, body: FeedbackRequest) -> dict[str, Any]:
     """A rating of one served prediction -> FeedbackRecorded (before the 202) + MLflow trace feedback.
 
-    A repeated submission (same request, same user) answers with the first feedback id and is not
-    counted again; when Redis, MLflow or Kafka cannot confirm it, 503 asks for a retry (when a broker dies
-    mid-write the rating may be stored although unconfirmed: the retry is recognised and counts once).
     Refused before anything is looked up or counted: feedback without a valid token for this request and
-    user (401; 403 once expired or while no secret is configured), above the user's rate (429)."""
-    request = await _served(gw, body)
+    user (401; 403 once expired or while no secret is configured), above the user's rate (429). A token
+    carries the served facts (model, version, variant, rollout), so the rating is accepted at once on any
+    replica; the request log only enriches it (inputs and outputs for datasets, the trace), waited for a
+    moment (`ENRICH_WAIT_S`) because the serving replica writes it in batches. A repeated submission (same
+    request, same user) answers with the first feedback id and is not counted again; when Redis or Kafka
+    cannot confirm it, 503 asks for a retry (a broker dying mid-write may store it although unconfirmed:
+    the retry is recognised and counts once). 404 only for a request no log and no trace knows and no
+    token vouches for; a lookup that cannot be made is 503."""
+    request_id = await _request_id(gw, body)
+    facts = _authorize(gw, body, request_id)
+    await _within_rate(gw, body.user_id)
+    request = await _served(gw, body, request_id, facts)
     if body.trace_id and request.trace_id and body.trace_id != request.trace_id:
         raise HTTPException(422, detail={"field": "trace_id", "message": "does not belong to request_id"})
-    _authorize(gw, body, request.request_id)
-    await _within_rate(gw, body.user_id)
     await _check_correction(gw, request, body)
     feedback_id = uuid.uuid4().hex
     seen_key = gw.keys.key("feedback-seen", request.request_id, body.user_id or "anonymous")
@@ -82,29 +87,53 @@ async def record_feedback(gw: Gateway, body: FeedbackRequest) -> dict[str, Any]:
         await _forget(gw, seen_key)
         log.warning("feedback on %s not recorded: %s", request.request_id, exc)
         raise HTTPException(503, detail=f"feedback not recorded, retry later: {exc}") from exc
+    if not request.inputs and request.served_at is None:
+        metrics.FEEDBACK_UNENRICHED.inc()  # accepted on the token's facts; the log had no entry yet
     if request.trace_id:
-        if not request.traced and request.started_ns is not None:
-            gw.tracer.write(request)  # its trace was not written when served: write it now
-        _record_on_trace(gw, request.trace_id, body)
+        _record_on_trace(gw, request, body)
     return {"feedback_id": feedback_id, "duplicate": False}
 
 
-def _authorize(gw: Gateway, body: FeedbackRequest, request_id: str) -> None:
-    """Only whoever received the prediction can rate it: its feedback token (see domain/feedback_token)."""
-    if gw.settings.feedback_open:
-        return
+async def _request_id(gw: Gateway, body: FeedbackRequest) -> str:
+    """The rated request: as sent, or named by its trace id (`tr-` + the request id; an older trace id
+    is looked up in the request log's mapping)."""
+    if body.request_id:
+        return body.request_id
+    trace_id = body.trace_id or ""
+    derived = request_id_of(trace_id)
+    if derived and (
+        gw.tokens is None or gw.tokens.check(body.feedback_token, derived, body.user_id, time.time()) is None
+    ):
+        return derived
+    try:
+        legacy = await gw.request_log.request_of_trace(trace_id)
+    except (RedisError, OSError) as exc:
+        raise HTTPException(503, detail=f"request log unavailable: {exc}", headers=RETRY) from exc
+    return legacy or derived or ""
+
+
+def _authorize(gw: Gateway, body: FeedbackRequest, request_id: str) -> ServedFacts | None:
+    """Only whoever received the prediction can rate it: its feedback token (see domain/feedback_token).
+    Returns the served facts the token carries (None for a token of the first form, or open feedback)."""
+    if gw.settings.feedback_open and not body.feedback_token:
+        return None
     if gw.tokens is None:
+        if gw.settings.feedback_open:
+            return None
         metrics.REJECTED.labels("feedback_tokens_not_configured").inc()
         raise HTTPException(403, detail="feedback is closed: no FLYWHEEL_FEEDBACK_SECRET to verify tokens")
-    rejected = gw.tokens.check(body.feedback_token, request_id, body.user_id, time.time())
-    if rejected is None:
-        return
-    metrics.REJECTED.labels(f"feedback_token_{rejected.value}").inc()
-    if rejected is TokenRejected.EXPIRED:
+    verified = gw.tokens.verify(body.feedback_token, request_id, body.user_id, time.time())
+    if verified.rejected is None:
+        return verified.facts
+    if gw.settings.feedback_open:
+        return None
+    metrics.REJECTED.labels(f"feedback_token_{verified.rejected.value}").inc()
+    if verified.rejected is TokenRejected.EXPIRED:
         raise HTTPException(403, detail="feedback_token expired")
     raise HTTPException(
         401,
-        detail=f"feedback_token {rejected.value}: send the token of the predict response, with its user_id",
+        detail=f"feedback_token {verified.rejected.value}: send the token of the predict response, "
+        "with its user_id",
     )
 
 
@@ -144,37 +173,53 @@ async def _check_correction(gw: Gateway, request: ServedRequest, body: FeedbackR
         raise HTTPException(422, detail={"field": exc.field, "message": exc.message}) from exc
 
 
-async def _served(gw: Gateway, body: FeedbackRequest) -> ServedRequest:
+async def _served(
+    gw: Gateway, body: FeedbackRequest, request_id: str, facts: ServedFacts | None
+) -> ServedRequest:
+    """What was served: the request log's entry (waited for a moment), else the token's facts, else the
+    MLflow trace. 503 when it cannot be looked up now, 404 only when nothing knows or vouches for it."""
+    log_down: Exception | None = None
     try:
-        found = (
-            await gw.request_log.by_request(body.request_id)
-            if body.request_id
-            else await gw.request_log.by_trace(body.trace_id or "")
-        )
-    except (RedisError, OSError):
-        found = None
+        found = await gw.request_log.wait_for(request_id, ENRICH_WAIT_S)
+    except (RedisError, OSError) as exc:
+        found, log_down = None, exc
     if found is not None:
         return found
-    try:  # the log expired or Redis is down: MLflow's traces are the source of truth
-        meta = await run_in_threadpool(_lookup, gw, body)
+    if facts is not None:  # served, says the token: rate it now, without inputs and outputs
+        return ServedRequest(
+            request_id=request_id,
+            model=facts.model,
+            version=facts.version,
+            variant=facts.variant,
+            rollout_id=facts.rollout_id,
+            trace_id=trace_id_of(request_id) if gw.tracer.enabled else None,
+            user_id=body.user_id,
+        )
+    try:  # the log expired, or Redis is down: MLflow's traces (written for the sampled and rated ones)
+        meta = await run_in_threadpool(_lookup, gw, body, request_id)
     except Exception as exc:
-        raise HTTPException(503, detail=f"cannot look up the request: {exc}") from exc
-    if meta is None:
-        ref = f"request_id {body.request_id!r}" if body.request_id else f"trace_id {body.trace_id!r}"
-        raise HTTPException(404, detail=f"no served prediction with {ref}")
-    return ServedRequest(
-        request_id=meta.get("flywheel.request_id", body.request_id or ""),
-        model=meta.get("flywheel.model", ""),
-        version=meta.get("flywheel.version", ""),
-        variant=meta.get("flywheel.variant") or None,
-        trace_id=meta.get("trace_id"),
-        traced=True,  # found through its trace
-    )
+        raise HTTPException(503, detail=f"cannot look up the request: {exc}", headers=RETRY) from exc
+    if meta is not None:
+        return ServedRequest(
+            request_id=meta.get("flywheel.request_id", request_id),
+            model=meta.get("flywheel.model", ""),
+            version=meta.get("flywheel.version", ""),
+            variant=meta.get("flywheel.variant") or None,
+            trace_id=meta.get("trace_id"),
+            traced=True,  # found through its trace
+        )
+    if log_down is not None:
+        raise HTTPException(503, detail=f"request log unavailable: {log_down}", headers=RETRY)
+    if body.feedback_token and gw.tokens is not None and not gw.settings.feedback_open:
+        # A valid token of the first form proves the prediction was served: its entry is on its way.
+        raise HTTPException(503, detail="the rated prediction is not visible yet; retry", headers=RETRY)
+    ref = f"request_id {body.request_id!r}" if body.request_id else f"trace_id {body.trace_id!r}"
+    raise HTTPException(404, detail=f"no served prediction with {ref}")
 
 
-def _lookup(gw: Gateway, body: FeedbackRequest) -> dict[str, str] | None:
-    if body.request_id:
-        return gw.feedback.find_request(body.request_id)
+def _lookup(gw: Gateway, body: FeedbackRequest, request_id: str) -> dict[str, str] | None:
+    if body.request_id or not body.trace_id:
+        return gw.feedback.find_request(request_id)
     import mlflow
 
     mlflow.set_tracking_uri(gw.settings.mlflow_tracking_uri)
@@ -199,20 +244,33 @@ _TRACE_WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Sem
     weakref.WeakKeyDictionary()
 )
 TRACE_WAIT_S = 120.0
+ENRICH_WAIT_S = 0.25  # how long a rating waits for the serving replica's request log entry (batched 20 ms)
+RETRY = {"Retry-After": "1"}
 
 
-def _record_on_trace(gw: Gateway, trace_id: str, body: FeedbackRequest) -> None:
-    """Attach the feedback to the MLflow trace in the background.
+def _record_on_trace(gw: Gateway, request: ServedRequest, body: FeedbackRequest) -> None:
+    """Attach the feedback to the MLflow trace in the background, writing the trace first when it was not
+    written as the prediction was served.
 
-    The event is already on Kafka (that is what counts); the trace may still be on its way to MLflow
-    (written off the request path, by the export process), so the assessment is written as soon as the
-    trace exists, waiting up to TRACE_WAIT_S. A failure is logged and counted.
-    """
+    The event is already on Kafka (that is what counts). A rating accepted on its token's facts alone
+    waits (up to TRACE_WAIT_S) for the serving replica's request log entry, from which the trace is
+    materialised; the trace may then still be on its way to MLflow (written by the export process), so the
+    assessment is written as soon as the trace exists, waiting up to TRACE_WAIT_S. A failure is logged
+    and counted."""
+    trace_id = request.trace_id or ""
 
     async def write() -> None:
         loop = asyncio.get_running_loop()
         async with _TRACE_WRITERS.setdefault(loop, asyncio.Semaphore(4)):
             try:
+                served = request
+                if not request.traced and request.served_at is None:  # the token's facts only
+                    entry = await gw.request_log.wait_for(request.request_id, TRACE_WAIT_S)
+                    if entry is None:
+                        raise LookupError("no request log entry to write its trace from")
+                    served = entry
+                if not served.traced and served.started_ns is not None:
+                    gw.tracer.write(served)  # not written when served: write it now
                 await run_in_threadpool(
                     gw.feedback.record_feedback,
                     trace_id,

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from events import InferenceRecorded
 from services.gateway import metrics
 from services.gateway.adapters.model_loader import LoadedModel
+from services.gateway.domain.feedback_token import ServedFacts
 from services.gateway.domain.inputs import InputError, ParsedInputs, parse_inputs
 from services.gateway.domain.model_manager import ModelRef
 from services.gateway.domain.served import ServedRequest, new_request_id
@@ -239,7 +240,16 @@ async def _predict(
         shadow := gw.shadow.challenger_for(name, target.rollout_id, request_id)
     ):
         gw.shadow.mirror(MirroredRequest(name, shadow, body, parsed, request_id, target.rollout_id, outputs))
-    token = gw.tokens.issue(request_id, body.user_id, time.time()) if gw.tokens is not None else None
+    token = (
+        gw.tokens.issue(
+            request_id,
+            body.user_id,
+            time.time(),
+            ServedFacts(name, target.loaded.version, target.variant, target.rollout_id),
+        )
+        if gw.tokens is not None
+        else None
+    )
     return PredictResponse(
         outputs=outputs,
         model=name,

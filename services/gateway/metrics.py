@@ -48,3 +48,8 @@ BATCH_REQUESTS = Histogram(
     "Requests predicted together in one model call (adaptive micro-batching)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+FEEDBACK_UNENRICHED = Counter(
+    "flywheel_gateway_feedback_unenriched_total",
+    "Ratings accepted on their token's served facts before the request log had the prediction's entry "
+    "(published without inputs and outputs)",
+)

@@ -46,7 +46,7 @@ class FeedbackRequest(BaseModel):
         default=None, pattern=TRACE_ID_PATTERN, description="`trace_id` of the predict response."
     )
     feedback_token: str | None = Field(
-        default=None, max_length=128, description="`feedback_token` of the predict response."
+        default=None, max_length=1024, description="`feedback_token` of the predict response."
     )
     rating: FeedbackRating
     corrected_output: JsonValue = None

@@ -162,15 +162,18 @@ def test_feedback_ids_have_a_format_and_bodies_the_policy(fuzz_stack: FuzzStack,
     assert resp.status_code == 422, resp.text
 
 
-def test_feedback_on_an_unknown_well_formed_request_is_404(fuzz_stack: FuzzStack) -> None:
-    resp = fuzz_stack.request(
-        fuzz_stack.gateway,
-        "POST",
-        "/v1/feedback",
-        endpoint="gateway POST feedback (hand-made)",
-        json={"request_id": uuid.uuid4().hex, "rating": "thumbs_up"},
-    )
-    assert resp.status_code == 404, resp.text
+def test_feedback_on_an_unknown_well_formed_request_is_refused_before_any_lookup(
+    fuzz_stack: FuzzStack,
+) -> None:
+    for token in (None, "v2.99999999999.W10.forged"):
+        resp = fuzz_stack.request(
+            fuzz_stack.gateway,
+            "POST",
+            "/v1/feedback",
+            endpoint="gateway POST feedback (hand-made)",
+            json={"request_id": uuid.uuid4().hex, "rating": "thumbs_up", "feedback_token": token},
+        )
+        assert resp.status_code == 401, resp.text  # no valid token: nothing to look up
 
 
 # --- registry watcher --------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ as the cache invalidation service does (its own tests cover that side).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import Iterator
@@ -294,7 +297,16 @@ def test_feedback_recorded_on_trace_and_published_once(
 
 def test_feedback_rejects_unknown_requests_and_bad_fields(gateway: TestClient) -> None:
     unknown = gateway.post("/v1/feedback", json={"request_id": uuid.uuid4().hex, "rating": "thumbs_up"})
-    assert unknown.status_code == 404 and "request_id" in unknown.text
+    assert unknown.status_code == 401 and "feedback_token missing" in unknown.text  # checked first
+    # A valid token of the first form vouches for a served prediction: not in the log (yet) is 503, not 404.
+    rid, expiry = uuid.uuid4().hex, int(time.time()) + 60
+    mac = hmac.new(FEEDBACK_SECRET.encode(), f"v1|{rid}|3:ann|{expiry}".encode(), hashlib.sha256).digest()
+    v1 = f"v1.{expiry}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+    vouched = gateway.post(
+        "/v1/feedback",
+        json={"request_id": rid, "feedback_token": v1, "user_id": "ann", "rating": "thumbs_up"},
+    )
+    assert vouched.status_code == 503 and vouched.headers["retry-after"] == "1", vouched.text
     malformed = gateway.post("/v1/feedback", json={"request_id": "nope-1", "rating": "thumbs_up"})
     assert malformed.status_code == 422 and malformed.json()["field"] == "request_id"
     bad = gateway.post("/v1/feedback", json={"request_id": uuid.uuid4().hex, "rating": "great"})
@@ -485,3 +497,11 @@ def test_feedback_is_rate_limited_per_user(gateway: TestClient, v2_served: str) 
     assert statuses.count(202) in (5, 6, 7) and statuses[:5] == [202] * 5
     if statuses.count(202) == 5:
         assert statuses[5:] == [429, 429]
+
+
+def test_open_feedback_on_a_request_nobody_served_is_404(stack: Endpoints, stack_env: dict[str, str]) -> None:
+    prefix = unique("gwopen")
+    settings = settings_on(stack, GatewaySettings, prefix, replica_id=f"test-{prefix}", feedback_open=True)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        unknown = client.post("/v1/feedback", json={"request_id": uuid.uuid4().hex, "rating": "thumbs_up"})
+    assert unknown.status_code == 404 and "request_id" in unknown.text

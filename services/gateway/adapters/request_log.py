@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.gateway import metrics
-from services.gateway.domain.served import ServedRequest, request_id_of
+from services.gateway.domain.served import ServedRequest
 from services.shared.redis_store import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,19 @@ class RequestLog:
         raw = await self._redis.get(self._keys.key("request", request_id))
         return ServedRequest.model_validate_json(raw) if raw else None
 
-    async def by_trace(self, trace_id: str) -> ServedRequest | None:
-        derived = request_id_of(trace_id)
-        found = await self.by_request(derived) if derived else None
-        if found is not None and found.trace_id == trace_id:
-            return found
-        request_id = await self._redis.get(self._keys.key("trace-request", trace_id))  # older entries
-        return await self.by_request(str(request_id)) if request_id else None
+    async def wait_for(
+        self, request_id: str, timeout_s: float, every_s: float = 0.02
+    ) -> ServedRequest | None:
+        """The entry of `request_id`, waiting up to `timeout_s` for it to land (another replica writes its
+        entries in batches every `flush_ms`); None when it did not. Raises what Redis raises."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            found = await self.by_request(request_id)
+            if found is not None or asyncio.get_running_loop().time() >= deadline:
+                return found
+            await asyncio.sleep(every_s)
+
+    async def request_of_trace(self, trace_id: str) -> str | None:
+        """The request id of a trace id made before trace ids were derived from request ids."""
+        found = await self._redis.get(self._keys.key("trace-request", trace_id))
+        return found.decode() if isinstance(found, bytes) else found
