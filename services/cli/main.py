@@ -8,13 +8,17 @@ import signal
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.console import Console
 
-from services.cli import runners
+from services.cli import runners, up_registry
 from services.cli.bench_commands import bench_app
+from services.cli.devstack.process import die_with_this_process
+
+if TYPE_CHECKING:
+    from services.cli.stack_runner import StackRunner
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 webhook_app = typer.Typer(no_args_is_help=True, help="Manage Flywheel's MLflow webhook.")
@@ -250,6 +254,9 @@ def up(
     env = dict(os.environ)
     if poll_interval is not None:
         env["FLYWHEEL_POLL_INTERVAL_S"] = str(poll_interval)
+    die_with_this_process()  # nothing started below outlives this process, even killed with SIGKILL
+    _earlier_stacks(stable_ports)
+    record = up_registry.record_this(workdir.resolve())
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -267,6 +274,7 @@ def up(
             else env["FLYWHEEL_ADMIN_TOKEN"]
         )
         Console().print(up_table(runner, token, workdir.resolve() / "logs"))
+        _record_processes(record, runner)
         console.print("press Ctrl-C to stop")
         while not stopping.wait(0.5):
             for name, svc in runner.services.items():
@@ -276,6 +284,42 @@ def up(
     finally:
         console.print("stopping")
         runner.stop()
+        record.remove()
+
+
+def _earlier_stacks(stable_ports: bool) -> None:
+    """Say so when a stack of `flywheel up`'s own still runs (and holds the default ports); stop what an
+    `up` killed before it could stop its children left behind."""
+    for other in up_registry.records():
+        if other.pid == os.getpid():
+            continue
+        if other.up_alive():
+            held = ", ".join(f"{name} {where}" for name, where in sorted(other.addresses.items()))
+            message = f"a Flywheel stack is already running: `flywheel up` pid {other.pid} "
+            message += f"(workdir {other.workdir})" + (f", holding {held}" if held else "")
+            if stable_ports:
+                console.print(
+                    f"[red]{message}[/]. Stop it first (Ctrl-C in its terminal, or `kill {other.pid}`), "
+                    "or start this one with --ephemeral-ports."
+                )
+                raise typer.Exit(1)
+            console.print(f"[yellow]{message}[/]; this one runs on other ports.")
+            continue
+        stopped = up_registry.stop_orphans(other)
+        if stopped:
+            console.print(
+                f"stopped {len(stopped)} processes that an earlier `flywheel up` (pid {other.pid}, gone) "
+                f"left running: {', '.join(sorted(stopped))}"
+            )
+
+
+def _record_processes(record: up_registry.UpRecord, runner: StackRunner) -> None:
+    for name, process in runner.managed().items():
+        if process.pid is not None:
+            record.children[name] = process.pid
+            record.commands[str(process.pid)] = up_registry.cmdline(process.pid) or ""
+    record.addresses = {name: url for name, service in runner.services.items() if (url := service.url)}
+    record.save()
 
 
 @app.command()
@@ -283,6 +327,7 @@ def demo(workdir: Path = typer.Option(Path(".flywheel/demo"), help="Logs and emb
     """Scripted end-to-end scenario on embedded defaults; prints what happened; exit 0/1."""
     from services.cli.devstack.demo import run_demo
 
+    die_with_this_process()  # the demo's stack goes with it, however it ends
     raise typer.Exit(run_demo(workdir.resolve()))
 
 

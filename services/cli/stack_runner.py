@@ -20,7 +20,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from services.cli.devstack.ports import Ports, service_default_port
-from services.cli.devstack.process import ManagedProcess
+from services.cli.devstack.process import ManagedProcess, stop_all
 from services.cli.devstack.stack import Endpoints, Stack
 from services.registry_watcher.adapters.webhook_registration import (
     DeliveryCheck,
@@ -214,6 +214,11 @@ class StackRunner:
             log.warning("webhook %s: %s", url, self.webhook_check.detail)
         return self.webhook_check
 
+    def managed(self) -> dict[str, ManagedProcess]:
+        """Every process this runner started (infrastructure and services), by name."""
+        infrastructure = self._stack.managed() if self._stack is not None else {}
+        return {**infrastructure, **{name: s.process for name, s in self.services.items()}}
+
     def stop_service(self, name: str) -> None:
         """Stop one service instance (`name` as given when it was started)."""
         service = self.services.pop(name, None)
@@ -226,8 +231,8 @@ class StackRunner:
         return process.proc.pid if process is not None and process.proc is not None else None
 
     def stop(self) -> None:
-        for service in reversed(list(self.services.values())):
-            service.process.stop()
+        """Every service at once (each flushes what it holds), then the infrastructure they flushed to."""
+        stop_all([service.process for service in self.services.values()], timeout_s=15.0)
         self.services.clear()
         if self._stack is not None:
             self._stack.stop()

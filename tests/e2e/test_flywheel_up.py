@@ -4,6 +4,7 @@ Redis of the test session are passed in, so only the broker and the services are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -94,3 +95,83 @@ def test_flywheel_up_without_java_starts_tansu_and_publishes_alias_changes(
             if hook.name == WEBHOOK_NAME:
                 client.delete_webhook(hook.webhook_id)
     assert code == 0, out.read_text(errors="replace")
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found |= {child} | _descendants(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_flywheel_up_killed_with_sigkill_leaves_no_process_behind(
+    base_stack: Endpoints, tmp_path: Path
+) -> None:
+    """Every part `up` started dies with it (`child_guard`), grandchildren too; while it runs, a second
+    `up` on the default ports says a stack of its own holds them and stops."""
+    model = unique("upkill")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "FLYWHEEL_KAFKA_PROFILE")
+    }
+    env |= {
+        "MLFLOW_TRACKING_URI": base_stack.mlflow_tracking_uri,
+        "REDIS_URL": base_stack.redis_url,
+        "FLYWHEEL_EMBEDDED_KAFKA": "tansu",
+        "FLYWHEEL_REDIS_PREFIX": unique("upkill"),
+        "FLYWHEEL_MODELS": model,
+        "FLYWHEEL_UP_REGISTRY": str(tmp_path / "registry"),
+        "COLUMNS": "400",
+    }
+    out = tmp_path / "up.out"
+    argv = [sys.executable, "-m", "services.cli.main", "up", "--workdir", str(tmp_path / "up")]
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*argv, "--ephemeral-ports"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "press Ctrl-C to stop" not in out.read_text(errors="replace"):
+            assert proc.poll() is None, out.read_text(errors="replace")
+            assert time.monotonic() < deadline, out.read_text(errors="replace")
+            time.sleep(0.5)
+        second = subprocess.run(
+            [*argv[:-1], str(tmp_path / "second")], env=env, capture_output=True, text=True, timeout=120
+        )
+        said = second.stdout + second.stderr
+        assert second.returncode == 1, said
+        assert f"`flywheel up` pid {proc.pid}" in said and "already running" in said, said
+        family = _descendants(proc.pid)
+        # tansu + 7 services (+ the gateways' trace and event helpers, MLflow's workers, ...)
+        assert len(family) >= 8, family
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # `up` alone, not its process group: as a hung terminal would
+        proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in family):
+        time.sleep(0.2)
+    left = {pid: (Path(f"/proc/{pid}/cmdline").read_bytes()[:120]) for pid in family if _alive(pid)}
+    for pid in left:  # do not leave them to the next test
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert left == {}, f"still alive 10 s after `flywheel up` was killed: {left}"

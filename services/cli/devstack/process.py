@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,40 @@ def with_this_python_on_path(env: Mapping[str, str] | None) -> dict[str, str]:
     return merged
 
 
+_die_with_parent = False
+
+
+def die_with_this_process() -> None:
+    """Processes started from now on (from the main thread) die when this process dies, even by SIGKILL
+    (`child_guard`). `flywheel up` and `flywheel demo` call it first: nothing they start outlives them.
+
+    Only from the main thread, because the kernel ties the signal to the thread that started the child:
+    a child started from a short-lived thread would die with that thread."""
+    global _die_with_parent
+    _die_with_parent = True
+
+
+def _guarded(argv: list[str]) -> list[str]:
+    if not _die_with_parent or threading.current_thread() is not threading.main_thread():
+        return argv
+    return [sys.executable, "-m", "services.cli.devstack.child_guard", str(os.getpid()), "--", *argv]
+
+
+def stop_all(processes: Sequence[ManagedProcess], timeout_s: float = 10.0) -> None:
+    """Stop several processes at once: SIGTERM to all, then wait for each until a common deadline, and
+    SIGKILL what is left. A clean stop takes as long as the slowest part, not the sum of all."""
+    running = [p for p in processes if p.alive()]
+    for process in running:
+        process.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in running:
+        assert process.proc is not None
+        try:
+            process.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 class ManagedProcess:
     def __init__(
         self,
@@ -67,7 +102,7 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.argv,
+            _guarded(self.argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -31,7 +31,7 @@ from services.cli.devstack.kafka import (
     start_kafka_cluster,
 )
 from services.cli.devstack.ports import KAFKA_PORT, MLFLOW_PORT, REDIS_PORT, Ports
-from services.cli.devstack.process import ManagedProcess
+from services.cli.devstack.process import ManagedProcess, stop_all
 from services.cli.devstack.servers import start_mlflow, start_redis, start_tansu
 
 log = logging.getLogger(__name__)
@@ -168,11 +168,19 @@ class Stack:
         self._containers.append(container)
         return f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
 
+    def managed(self) -> dict[str, ManagedProcess]:
+        """Every process this stack started, by name (the Kafka nodes as kafka-<id>)."""
+        found = dict(self.processes)
+        if self.kafka_cluster is not None:
+            for node in self.kafka_cluster.nodes:
+                if node.process is not None:
+                    found[f"kafka-{node.node_id}"] = node.process
+        return found
+
     def stop(self) -> None:
         if self.kafka_cluster is not None:
             self.kafka_cluster.stop()
-        for proc in reversed(list(self.processes.values())):
-            proc.stop()
+        stop_all(list(self.processes.values()))
         for container in self._containers:
             with contextlib.suppress(Exception):
                 container.stop()
