@@ -9,6 +9,7 @@ admin token from FLYWHEEL_ADMIN_TOKEN.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, cast
 
 import httpx
@@ -21,6 +22,7 @@ from services.shared.console.ledger import read_ledger
 from services.shared.console.overview import StatusReport, status_report
 from services.shared.kafka.history_reader import HistoryUnavailable
 from services.shared.settings import FlywheelSettings
+from services.shared.webhook_health import WebhookHealth
 
 
 class ControlSettings(FlywheelSettings):
@@ -121,5 +123,22 @@ def print_status(report: StatusReport, console: Console) -> None:
             errors,
         )
     console.print(fleet)
+    console.print(webhook_line(report.webhook))
     if report.ledger_error:
         console.print(f"[yellow]datasets and retraining runs unavailable: {report.ledger_error}")
+
+
+def webhook_line(health: WebhookHealth) -> str:
+    """`flywheel status`'s line on MLflow's webhook deliveries (the likely causes when they fail)."""
+    if health.status == "ok":
+        return "webhook deliveries: ok"
+    if health.status == "unknown":
+        return f"webhook deliveries: unknown ({'; '.join(health.causes) or 'no report'})"
+    since = datetime.fromtimestamp(health.failing_since or 0).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [
+        f"[red]webhook deliveries failing since {since}[/]: the poller repaired {health.repaired_changes} "
+        f"alias change(s) no delivery brought ({health.delivered_changes} delivered meanwhile); Flywheel "
+        "runs on the poller alone. Likely:"
+    ]
+    lines += [f"  - {cause}" for cause in health.causes]
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
@@ -15,8 +16,10 @@ from mlflow import MlflowClient
 
 from events import ALIAS_CHANGED
 from services.registry_watcher.adapters.alias_state import AliasStateStore
+from services.registry_watcher.adapters.health_report import HealthReporter
 from services.registry_watcher.adapters.outbox import OutboxRelay
 from services.registry_watcher.adapters.registry_identity import registry_identity
+from services.registry_watcher.domain.delivery_health import DeliveryHealth
 from services.registry_watcher.entrypoints.deps import Binding, Watcher
 from services.registry_watcher.entrypoints.http import router
 from services.registry_watcher.entrypoints.poller import RegistryPoller
@@ -49,6 +52,9 @@ def build_watcher(settings: WatcherSettings) -> Watcher:
     )
     relay = OutboxRelay(state, publisher, timeout_s=settings.publish_timeout_s)
     recorder = AliasChangeRecorder(state, relay, registry_uri=redact_url(settings.mlflow_tracking_uri))
+    health = DeliveryHealth(
+        time.time(), grace_s=settings.webhook_health_grace_s, window_s=settings.webhook_health_window_s
+    )
     poller = RegistryPoller(
         RegistryAdapter(settings.mlflow_tracking_uri),
         state,
@@ -57,8 +63,10 @@ def build_watcher(settings: WatcherSettings) -> Watcher:
         models=settings.models,
         stage_mode=settings.poll_stages,
         stage_aliases=StageAliases(settings.champion_alias, settings.challenger_alias),
+        health=health,
+        reporter=HealthReporter(redis, keys, health, settings.poll_interval_s),
     )
-    return Watcher(settings, redis, keys, state, publisher, relay, recorder, poller, Binding())
+    return Watcher(settings, redis, keys, state, publisher, relay, recorder, poller, Binding(), health)
 
 
 async def bind_registry(watcher: Watcher) -> bool:

@@ -39,3 +39,7 @@ POLL_REPAIRS = Counter(
     "flywheel_watcher_poll_repairs_total",
     "Alias changes of known models that the poller found before any webhook delivered them",
 )
+WEBHOOK_FAILING = Gauge(
+    "flywheel_watcher_webhook_deliveries_failing",
+    "1 while the poller repairs alias changes that no webhook delivered (see GET /v1/webhook-health)",
+)

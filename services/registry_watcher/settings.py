@@ -16,6 +16,15 @@ class WatcherSettings(FlywheelSettings):
     webhook_max_body_bytes: int = count_field(1024 * 1024, minimum=1024)
     webhook_delivery_ttl_s: int = count_field(3600, "How long delivery ids are remembered.")
     poll_interval_s: float = positive_field(10.0, "0 disables the poller.", zero_allowed=True)
+    webhook_health_grace_s: float = positive_field(
+        60.0,
+        "Changes the poller repairs this soon after the watcher started do not count as failed deliveries "
+        "(MLflow caches its webhook list for 60 s; a restart repairs what happened while it was down).",
+        zero_allowed=True,
+    )
+    webhook_health_window_s: float = positive_field(
+        600.0, "Deliveries count as failing until this long passed without a repair (and one arrived)."
+    )
     poll_stages: bool = Field(default=False, description="Map registry stages to alias events.")
     watcher_host: str = "127.0.0.1"
     watcher_port: int = port_field(8070)

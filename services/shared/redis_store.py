@@ -53,6 +53,10 @@ class RedisKeys:
     def reload_channel(self) -> str:
         return self.key("reload")
 
+    def webhook_health(self) -> str:
+        """WebhookHealth JSON the registry watcher rewrites every poll cycle (shared.webhook_health)."""
+        return self.key("watcher", "webhook-health")
+
     def model_cache(self, model: str) -> str:
         """Hash of data cached for one model (anything that must not outlive an alias change): the cache
         invalidation worker deletes it before the reload notice. One key per model, so dropping it costs

@@ -50,8 +50,15 @@ def webhook_encryption_key(workdir: Path) -> str:
 
 
 def start_mlflow(
-    workdir: Path, port: int | None = None, timeout_s: float = 120.0
+    workdir: Path,
+    port: int | None = None,
+    timeout_s: float = 120.0,
+    *,
+    workers: int = 1,
+    stable_key: bool = True,
 ) -> tuple[ManagedProcess, str]:
+    """MLflow's tracking server on sqlite. `stable_key=False` starts it without a webhook encryption
+    key, as a misconfigured production server would run (each worker then makes its own)."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = python_module(
@@ -67,10 +74,13 @@ def start_mlflow(
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
     )
     env = mlflow_server_env()
-    env.setdefault("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", webhook_encryption_key(workdir))
+    if stable_key:
+        env.setdefault("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", webhook_encryption_key(workdir))
+    else:
+        env.pop("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", None)
     proc = ManagedProcess("mlflow", argv, log_path=workdir / "mlflow.log", env=env, cwd=workdir)
     proc.start().wait_ready(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), timeout_s)
     return proc, f"http://127.0.0.1:{port}"

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from services.registry_watcher.adapters.alias_state import AliasStateStore
 from services.registry_watcher.adapters.outbox import OutboxRelay
+from services.registry_watcher.domain.delivery_health import DeliveryHealth
 from services.registry_watcher.entrypoints.poller import RegistryPoller
 from services.registry_watcher.handlers import AliasChangeRecorder
 from services.registry_watcher.settings import WatcherSettings
@@ -43,6 +44,7 @@ class Watcher:
     recorder: AliasChangeRecorder
     poller: RegistryPoller
     binding: Binding
+    health: DeliveryHealth
 
 
 WatcherDep = Annotated[Watcher, Depends(from_app_state("watcher"))]

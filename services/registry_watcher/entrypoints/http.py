@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import time
 
 from fastapi import APIRouter, Request
@@ -23,6 +24,7 @@ from services.registry_watcher.entrypoints.deps import WatcherDep
 from services.registry_watcher.handlers import ConcurrentChange
 from services.shared import http_json
 from services.shared.kafka.publisher import PublishError
+from services.shared.webhook_health import WebhookHealth
 
 router = APIRouter(route_class=http_json.JsonPolicyRoute)
 
@@ -88,6 +90,7 @@ async def mlflow_webhook(request: Request, watcher: WatcherDep) -> JSONResponse:
         )
     except SignatureRejected as exc:
         metrics.REJECTED.labels(reason=exc.reason.value).inc()
+        watcher.health.rejected_signature()
         return _error(401, exc.reason.value, exc.message)
     metrics.VERIFIED.inc()
 
@@ -124,6 +127,7 @@ async def mlflow_webhook(request: Request, watcher: WatcherDep) -> JSONResponse:
             if parsed.observed_at is not None and parsed.observed_at > time.time() + cfg.webhook_tolerance_s:
                 # A time from the future would make every real delivery of this alias look stale.
                 parsed = dataclasses.replace(parsed, observed_at=None)
+            watcher.health.delivery(time.time())
             result = await watcher.recorder.record(parsed, AliasSource.WEBHOOK)
             status = {
                 "status": "published" if result.committed else "unchanged",
@@ -137,3 +141,10 @@ async def mlflow_webhook(request: Request, watcher: WatcherDep) -> JSONResponse:
     except ConcurrentChange as exc:
         return _error(503, "busy", str(exc))
     return JSONResponse(status, status_code=200)
+
+
+@router.get("/v1/webhook-health", response_model=WebhookHealth, tags=["ops"])
+async def webhook_health(watcher: WatcherDep) -> WebhookHealth:
+    """Whether MLflow's deliveries reach this watcher: `failing` (since when, with the likely causes)
+    once the poller had to repair alias changes no delivery brought."""
+    return watcher.health.report(time.time(), socket.gethostname())

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from events import AliasSource
 from services.registry_watcher import metrics
 from services.registry_watcher.adapters.alias_state import AliasStateStore
+from services.registry_watcher.adapters.health_report import HealthReporter
+from services.registry_watcher.domain.delivery_health import DeliveryHealth
 from services.registry_watcher.handlers import AliasChangeRecorder
 from services.shared.mlflow_registry import RegistryAdapter
 from services.shared.stages import StageAliases, aliases_from_stages
@@ -38,7 +40,11 @@ class RegistryPoller:
         models: list[str] | None = None,
         stage_mode: bool = False,
         stage_aliases: StageAliases = StageAliases(),
+        health: DeliveryHealth | None = None,
+        reporter: HealthReporter | None = None,
     ) -> None:
+        self._health = health
+        self._reporter = reporter
         self._registry = registry
         self._state = state
         self._recorder = recorder
@@ -114,6 +120,10 @@ class RegistryPoller:
                 repaired,
             )
         self.last_success = time.time()
+        if self._health is not None:
+            self._health.repair(self.last_success, repaired)
+        if self._reporter is not None:
+            await self._reporter.publish()
         metrics.POLLS.inc()
         metrics.POLL_DURATION.observe(time.perf_counter() - started)
         return changed

@@ -22,6 +22,7 @@ from services.shared.fleet import ReplicaStatus, read_fleet
 from services.shared.redis_store import RedisKeys
 from services.shared.resolution import parse_entries
 from services.shared.settings import FlywheelSettings
+from services.shared.webhook_health import WebhookHealth, read_webhook_health, unknown
 
 
 class RolloutBrief(BaseModel):
@@ -67,6 +68,10 @@ class StatusReport(BaseModel):
     fleet: list[ReplicaStatus]
     ledger_error: str | None = Field(
         default=None, description="Why datasets and retraining runs are missing (Kafka could not be read)."
+    )
+    webhook: WebhookHealth = Field(
+        default_factory=lambda: unknown("not read"),
+        description="Whether MLflow's webhook deliveries reach the registry watcher.",
     )
 
 
@@ -175,4 +180,6 @@ def status_report(
     models = [
         with_ledger(model_overview(client, keys, settings, m, fleet), (ledgers or {}).get(m)) for m in names
     ]
-    return StatusReport(models=models, fleet=fleet, ledger_error=ledger_error)
+    return StatusReport(
+        models=models, fleet=fleet, ledger_error=ledger_error, webhook=read_webhook_health(client, keys)
+    )

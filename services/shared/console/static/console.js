@@ -53,8 +53,17 @@ async function modelsPage() {
   });
   return `<h1>Models</h1>
     ${report.ledger_error ? `<p class="bad">datasets and retraining unavailable: ${esc(report.ledger_error)}</p>` : ""}
+    ${webhookBanner(report.webhook)}
     ${table(["model", "aliases", "replicas#", "rollout", "ratings · thumbs-up#", "latest dataset", "last retraining", ""], rows, "models")}
     <h2>Fleet</h2>${fleetTable(report.fleet)}`;
+}
+
+function webhookBanner(w) {
+  if (!w || w.status !== "failing") return "";
+  const since = new Date(w.failing_since * 1000).toLocaleString();
+  return `<div class="bad" id="webhook-failing"><p><b>webhook deliveries failing since ${esc(since)}</b>:
+    the poller repaired ${esc(w.repaired_changes)} alias change(s) no delivery brought; Flywheel runs on the
+    poller alone. Likely:</p><ul>${w.causes.map((c) => `<li>${esc(c)}</li>`).join("")}</ul></div>`;
 }
 
 function fleetTable(replicas) {
