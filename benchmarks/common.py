@@ -162,6 +162,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> set[int]:
+    """Every living process below `pid`: its children, theirs, and so on."""
+    found: set[int] = set()
+    for child in children(pid):
+        found |= {child} | descendants(child)
+    return found
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of `pid` and its living descendants (a server and the workers or helpers it started)."""
     return cpu_seconds(pid) + sum(tree_cpu_seconds(child) for child in children(pid))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from benchmarks.common import descendants
 from events import ALIAS_CHANGED, AliasChanged
 from services.cli.devstack.stack import Endpoints
 from services.registry_watcher.adapters.webhook_registration import WEBHOOK_NAME
@@ -60,11 +61,7 @@ def test_flywheel_up_without_java_starts_tansu_and_publishes_alias_changes(
     with out.open("wb") as sink:
         proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while "press Ctrl-C to stop" not in out.read_text(errors="replace"):
-            assert proc.poll() is None, out.read_text(errors="replace")
-            assert time.monotonic() < deadline, out.read_text(errors="replace")
-            time.sleep(0.5)
+        _wait_until_up(proc, out)
         text = out.read_text(errors="replace")
         assert "tansu, embedded client profile" in text and "no java on PATH" in text, text
         bootstrap = re.search(r"Kafka\s+│?\s*(127\.0\.0\.1:\d+): tansu", text)
@@ -97,20 +94,12 @@ def test_flywheel_up_without_java_starts_tansu_and_publishes_alias_changes(
     assert code == 0, out.read_text(errors="replace")
 
 
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            children = [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for child in children:
-            found |= {child} | _descendants(child)
-    return found
+def _wait_until_up(proc: subprocess.Popen[bytes], out: Path, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while "press Ctrl-C to stop" not in out.read_text(errors="replace"):
+        assert proc.poll() is None, out.read_text(errors="replace")
+        assert time.monotonic() < deadline, out.read_text(errors="replace")
+        time.sleep(0.5)
 
 
 def _alive(pid: int) -> bool:
@@ -150,18 +139,14 @@ def test_flywheel_up_killed_with_sigkill_leaves_no_process_behind(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 240
-        while "press Ctrl-C to stop" not in out.read_text(errors="replace"):
-            assert proc.poll() is None, out.read_text(errors="replace")
-            assert time.monotonic() < deadline, out.read_text(errors="replace")
-            time.sleep(0.5)
+        _wait_until_up(proc, out)
         second = subprocess.run(
             [*argv[:-1], str(tmp_path / "second")], env=env, capture_output=True, text=True, timeout=120
         )
         said = second.stdout + second.stderr
         assert second.returncode == 1, said
         assert f"`flywheel up` pid {proc.pid}" in said and "already running" in said, said
-        family = _descendants(proc.pid)
+        family = descendants(proc.pid)
         # tansu + 7 services (+ the gateways' trace and event helpers, MLflow's workers, ...)
         assert len(family) >= 8, family
     finally:
