@@ -36,6 +36,7 @@ from services.gateway.domain.outputs import check_correction
 from services.gateway.domain.served import ServedRequest, request_id_of, trace_id_of
 from services.gateway.entrypoints.deps import Gateway
 from services.gateway.schemas import FeedbackRequest
+from services.shared import trace_facts
 from services.shared.carry import carry
 from services.shared.kafka.publisher import PublishError
 
@@ -201,10 +202,10 @@ async def _served(
         raise HTTPException(503, detail=f"cannot look up the request: {exc}", headers=RETRY) from exc
     if meta is not None:
         return ServedRequest(
-            request_id=meta.get("flywheel.request_id", request_id),
-            model=meta.get("flywheel.model", ""),
-            version=meta.get("flywheel.version", ""),
-            variant=meta.get("flywheel.variant") or None,
+            request_id=meta.get(trace_facts.REQUEST_ID, request_id),
+            model=meta.get(trace_facts.MODEL, ""),
+            version=meta.get(trace_facts.VERSION, ""),
+            variant=meta.get(trace_facts.VARIANT) or None,
             trace_id=meta.get("trace_id"),
             traced=True,  # found through its trace
         )
@@ -229,7 +230,8 @@ def _lookup(gw: Gateway, body: FeedbackRequest, request_id: str) -> dict[str, st
         return None
     if trace is None:
         return None
-    return {"trace_id": trace.info.trace_id, **dict(trace.info.trace_metadata or {})}
+    info = trace.info
+    return {"trace_id": info.trace_id, **trace_facts.facts_of(info.tags, info.trace_metadata)}
 
 
 async def _forget(gw: Gateway, key: str) -> None:
@@ -270,7 +272,7 @@ def _record_on_trace(gw: Gateway, request: ServedRequest, body: FeedbackRequest)
                         raise LookupError("no request log entry to write its trace from")
                     served = entry
                 if not served.traced and served.started_ns is not None:
-                    gw.tracer.write(served)  # not written when served: write it now
+                    gw.tracer.write(served, linked=True)  # not written when served: write it now
                 await run_in_threadpool(
                     gw.feedback.record_feedback,
                     trace_id,

@@ -220,7 +220,7 @@ async def _predict(
     gw.emitter.emit(event)
     served = served_request(event, target, started_ns, error)
     if gw.tracer.wanted_now(request_id, error=error is not None):
-        served.traced = gw.tracer.write(served)
+        served.traced = gw.tracer.write(served, linked=error is not None)
     if error is not None:
         if "schema" in str(error).lower() and "enforce" in str(error).lower():
             raise HTTPException(422, detail={"field": "inputs", "message": str(error)[:500]})

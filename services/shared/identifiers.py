@@ -1,6 +1,6 @@
 """The formats of the identifiers Flywheel accepts from outside, and safe literals for MLflow filters.
 
-An identifier that reaches an MLflow search filter (`metadata.`flywheel.request_id` = '...'`) is pasted
+An identifier that reaches an MLflow search filter (`tags.`flywheel.request_id` = '...'`) is pasted
 into a query language that has no escaping for quotes, so the only safe input is one whose format is
 known: request ids are 32 hex digits, trace ids MLflow's `tr-` + 32 hex digits, versions positive
 integers of at most 10 digits (MLflow answers a longer one with a server error its client retries for a

@@ -19,6 +19,7 @@ import httpx
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Trace
 
 from services.cli.devstack.sample_models import wine_data
 from services.cli.devstack.stack import Endpoints
@@ -115,11 +116,14 @@ def test_every_rated_prediction_is_traced_and_linked_and_the_rest_only_when_samp
         trace = mlflow.get_trace(answer["trace_id"])
         assert trace is not None
         info = trace.info
-        assert info.trace_id == answer["trace_id"] and info.client_request_id == request_id
-        meta = info.trace_metadata
-        assert (meta["flywheel.model"], meta["flywheel.version"]) == (name, answer["version"])
-        assert meta["flywheel.variant"] == answer["variant"]
+        assert info.trace_id == answer["trace_id"]
+        tags, meta = info.tags, info.trace_metadata
+        assert (tags["flywheel.model"], tags["flywheel.version"]) == (name, answer["version"])
+        assert tags["flywheel.variant"] == answer["variant"]
         assert meta["mlflow.trace.user"] == rating["user_id"]
+        if not sampled(request_id, SAMPLE):  # written when rated: linked (a sampled one was written before)
+            assert info.client_request_id == request_id and meta["flywheel.model"] == name
+            assert meta.get("mlflow.modelId")  # the logged model the version came from
         started, ended = answer["window"]
         assert started * 1000 - 1000 <= info.request_time <= ended * 1000 + 1000  # when it was served
         (root,) = trace.data.spans
@@ -130,8 +134,11 @@ def test_every_rated_prediction_is_traced_and_linked_and_the_rest_only_when_samp
         if "corrected_output" in rating:
             assert assessments["corrected_output"].expectation.value == 1
 
+    def request_of(trace: Trace) -> str:  # every trace carries its facts as tags (sampled ones: only)
+        return trace.info.tags["flywheel.request_id"]
+
     exporter = DataExporter(stack.mlflow_tracking_uri, experiment)
-    written = {t.info.client_request_id for t in exporter.query_traces_with_feedback(name, limit=10_000)}
+    written = {request_of(t) for t in exporter.query_traces_with_feedback(name, limit=10_000)}
     unrated = written - set(ratings)
     expected_sampled = {r for r in by_request if sampled(r, SAMPLE)} - set(ratings)
     assert set(ratings) <= written
@@ -139,7 +146,7 @@ def test_every_rated_prediction_is_traced_and_linked_and_the_rest_only_when_samp
     assert len(unrated) <= 0.05 * PREDICTIONS
     for verdict in ("thumbs_up", "thumbs_down"):
         found = exporter.query_traces_with_feedback(name, rating=verdict, limit=10_000)
-        assert {t.info.client_request_id for t in found} == {
+        assert {request_of(t) for t in found} == {
             r for r, rating in ratings.items() if rating["rating"] == verdict
         }
     rows_out = list(exporter.examples(exporter.query_traces_with_feedback(name, limit=10_000)))

@@ -155,7 +155,7 @@ def test_serves_champion_with_trace_and_inference_event(
     mlflow.set_tracking_uri(stack.mlflow_tracking_uri)
     traces = mlflow.search_traces(
         locations=[e.experiment_id for e in mlflow.search_experiments()],
-        filter_string=f"metadata.`flywheel.request_id` = '{body['request_id']}'",
+        filter_string=f"tags.`flywheel.request_id` = '{body['request_id']}'",
         return_type="list",
     )
     assert len(traces) == (1 if sampled(body["request_id"], 0.01) else 0)

@@ -49,7 +49,7 @@ def by_request_id(request_id: str) -> list[Trace]:
     """The traces with this request id, in every experiment (the gateway sets no active experiment)."""
     traces: list[Trace] = mlflow.search_traces(
         locations=[e.experiment_id for e in mlflow.search_experiments()],
-        filter_string=f"metadata.`flywheel.request_id` = '{request_id}'",
+        filter_string=f"tags.`flywheel.request_id` = '{request_id}'",
         return_type="list",
     )
     return traces
@@ -134,17 +134,16 @@ def test_every_sampled_prediction_has_its_trace_in_mlflow(
         trace = traces[0]
         info = trace.info
         assert info.trace_id == body["trace_id"]
-        assert info.client_request_id == body["request_id"]
         assert info.state.value == "OK"
-        meta = info.trace_metadata
-        assert meta["flywheel.request_id"] == body["request_id"]
-        assert (meta["flywheel.model"], meta["flywheel.version"]) == (name, body["version"])
-        assert meta["flywheel.variant"] == body["variant"]
-        assert meta["flywheel.alias"] == (body["alias"] or "")
-        assert meta["flywheel.replica"].startswith("test-")
-        assert meta.get("mlflow.modelId")  # the logged model the version was registered from
+        facts = info.tags  # sampled: written as spans alone, the facts are the trace's tags
+        assert facts["flywheel.request_id"] == body["request_id"]
+        assert (facts["flywheel.model"], facts["flywheel.version"]) == (name, body["version"])
+        assert facts["flywheel.variant"] == body["variant"]
+        assert facts["flywheel.alias"] == (body["alias"] or "")
+        assert facts["flywheel.replica"].startswith("test-")
+        assert facts["mlflow.traceName"] == f"predict {name}"
         if body["user_id"]:
-            assert meta["mlflow.trace.user"] == body["user_id"]
+            assert info.trace_metadata["mlflow.trace.user"] == body["user_id"]
         assert window_ms[0] - 1 <= info.request_time <= window_ms[1]  # when it was served
         assert info.execution_duration is not None and 0 <= info.execution_duration < 5000
         (root,) = trace.data.spans
@@ -204,6 +203,10 @@ def test_a_failed_prediction_is_traced_whatever_the_sample(
     failed_trace = mlflow.get_trace(bad.json()["detail"]["trace_id"])
     assert failed_trace is not None
     assert failed_trace.info.state.value == "ERROR"
+    # A failure is linked: its info carries the facts as metadata too, and the request id.
+    assert failed_trace.info.trace_metadata["flywheel.request_id"] == bad.json()["detail"]["request_id"]
+    assert failed_trace.info.client_request_id == bad.json()["detail"]["request_id"]
+    assert failed_trace.info.tags["flywheel.model"] == failed_trace.info.trace_metadata["flywheel.model"]
     (root,) = failed_trace.data.spans
     assert root.status.status_code.value == "ERROR" and "broken model" in root.status.description
     assert [e.name for e in root.events] == ["exception"]

@@ -9,6 +9,7 @@ correction is not a usable example and is skipped (and counted). Formats: csv, j
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from mlflow.entities import Trace
 from events import DatasetFile
 from services.feedback_aggregation.adapters.dataset_writer import ExportFormat, export_rows
 from services.feedback_aggregation.domain.examples import ExampleRow
+from services.shared import trace_facts
 
 RATINGS = ("thumbs_up", "thumbs_down")
 PAGE = 200
@@ -51,42 +53,54 @@ class DataExporter:
         experiment = self.client.get_experiment_by_name(self.trace_experiment)
         return [experiment.experiment_id] if experiment else []
 
-    def _filter(
+    def _filters(
         self, model_name: str, rating: str | None, start: datetime | None, end: datetime | None
-    ) -> str:
+    ) -> tuple[str, ...]:
+        """One search filter per place a trace keeps its model (tags; metadata for older traces)."""
         if rating is not None and rating not in RATINGS:
             raise ValueError(f"rating must be one of {', '.join(RATINGS)}, got {rating!r}")
-        clauses = [f"metadata.`flywheel.model` = '{model_name.replace(chr(39), '')}'"]
+        clauses = []
         if rating:
             clauses.append(f"feedback.user_rating = '{rating}'")
         if start:
             clauses.append(f"trace.timestamp_ms >= {_ms(start)}")
         if end:
             clauses.append(f"trace.timestamp_ms < {_ms(end)}")
-        return " AND ".join(clauses)
+        literal = "'" + model_name.replace(chr(39), "") + "'"
+        return tuple(
+            " AND ".join([by_model, *clauses])
+            for by_model in trace_facts.search_filters(trace_facts.MODEL, literal)
+        )
 
-    def _traces(self, filter_string: str, limit: int | None) -> Iterator[Trace]:
-        """Traces matching `filter_string`, page by page (oldest first), at most `limit`."""
+    def _pages(self, filter_string: str) -> Iterator[Trace]:
+        """Traces matching `filter_string`, page by page, oldest first."""
         locations = self._locations()
         if not locations:
             return
         token: str | None = None
-        seen = 0
         while True:
             page = self.client.search_traces(
                 locations=locations,
                 filter_string=filter_string,
-                max_results=PAGE if limit is None else min(PAGE, limit - seen),
+                max_results=PAGE,
                 order_by=["timestamp_ms ASC"],
                 page_token=token,
             )
-            for trace in page:
-                yield trace
-                seen += 1
-                if limit is not None and seen >= limit:
-                    return
+            yield from page
             token = page.token
             if not token:
+                return
+
+    def _traces(self, filters: Iterable[str], limit: int | None) -> Iterator[Trace]:
+        """Traces matching any of `filters`, oldest first, each once, at most `limit`."""
+        seen: set[str] = set()
+        merged = heapq.merge(*(self._pages(f) for f in filters), key=lambda t: t.info.request_time)
+        for trace in merged:
+            if trace.info.trace_id in seen:
+                continue
+            seen.add(trace.info.trace_id)
+            yield trace
+            if limit is not None and len(seen) >= limit:
                 return
 
     def query_traces_with_feedback(
@@ -97,12 +111,12 @@ class DataExporter:
         end_date: datetime | None = None,
         limit: int = 1000,
     ) -> list[Trace]:
-        return list(self._traces(self._filter(model_name, rating, start_date, end_date), limit))
+        return list(self._traces(self._filters(model_name, rating, start_date, end_date), limit))
 
     def to_example(self, trace: Trace, rating: str | None = None) -> ExampleRow | None:
         """One example from a trace: corrected output first, else the original (thumbs-up) output."""
         info = trace.info
-        meta = dict(info.trace_metadata or {})
+        meta = trace_facts.facts_of(info.tags, info.trace_metadata)
         assessments = list(info.assessments or [])
         ratings = [a for a in assessments if a.name == "user_rating" and getattr(a, "feedback", None)]
         corrections = [
@@ -128,9 +142,9 @@ class DataExporter:
             return None
         feedback_ms = max((a.create_time_ms or 0) for a in [*ratings, *corrections]) or info.request_time
         return ExampleRow(
-            request_id=meta.get("flywheel.request_id", info.client_request_id or info.trace_id),
-            model=meta.get("flywheel.model", ""),
-            version=meta.get("flywheel.version", ""),
+            request_id=meta.get(trace_facts.REQUEST_ID, info.client_request_id or info.trace_id),
+            model=meta.get(trace_facts.MODEL, ""),
+            version=meta.get(trace_facts.VERSION, ""),
             inputs=_jsonish(inputs),
             output=_jsonish(output),
             source=source,  # type: ignore[arg-type]
@@ -165,7 +179,7 @@ class DataExporter:
         """Stream matching traces into `path` without holding them all in memory."""
 
         def counted() -> Iterator[Trace]:
-            for trace in self._traces(self._filter(model_name, rating, start_date, end_date), limit):
+            for trace in self._traces(self._filters(model_name, rating, start_date, end_date), limit):
                 if on_trace is not None:
                     on_trace()
                 yield trace

@@ -16,6 +16,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import AssessmentSource
 
+from services.gateway.domain.served import trace_id_of
+from services.shared import trace_facts
 from services.shared.identifiers import filter_literal
 
 log = logging.getLogger(__name__)
@@ -41,18 +43,29 @@ class FeedbackService:
             time.sleep(0.2)
 
     def find_request(self, request_id: str) -> dict[str, str] | None:
-        """Trace metadata of the prediction with `request_id` (source of truth when the log expired)."""
+        """The `flywheel.*` facts and trace id of the prediction with `request_id` (source of truth when
+        the request log expired): its trace is `tr-` + the request id; a trace written before trace ids
+        were derived is found by its facts."""
         mlflow.set_tracking_uri(self.tracking_uri)
-        traces = mlflow.search_traces(
-            locations=[e.experiment_id for e in mlflow.search_experiments()],
-            filter_string=f"metadata.`flywheel.request_id` = {filter_literal(request_id)}",
-            max_results=1,
-            return_type="list",
-        )
-        if not traces:
+        try:
+            trace = mlflow.get_trace(trace_id_of(request_id))
+        except Exception as exc:
+            if "does not exist" not in str(exc).lower() and "not found" not in str(exc).lower():
+                raise
+            trace = None
+        if trace is None:
+            locations = [e.experiment_id for e in mlflow.search_experiments()]
+            for clause in trace_facts.search_filters(trace_facts.REQUEST_ID, filter_literal(request_id)):
+                found = mlflow.search_traces(
+                    locations=locations, filter_string=clause, max_results=1, return_type="list"
+                )
+                if found:
+                    trace = found[0]
+                    break
+        if trace is None:
             return None
-        info = traces[0].info
-        return {"trace_id": info.trace_id, **dict(info.trace_metadata or {})}
+        info = trace.info
+        return {"trace_id": info.trace_id, **trace_facts.facts_of(info.tags, info.trace_metadata)}
 
     def record_feedback(
         self,

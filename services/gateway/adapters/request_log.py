@@ -3,7 +3,8 @@
 Written fire-and-forget after each prediction (a Redis outage costs the log entry, never the request);
 read by the feedback endpoint, which also writes a rated prediction's MLflow trace from its entry when the
 trace was not written as it was served. When the entry expired or was never written, MLflow's trace
-(metadata `flywheel.request_id`) is looked up instead — which exists for the sampled and rated ones.
+(`tr-` + the request id, its facts in tags `flywheel.*`) is looked up instead — which exists for the sampled
+and rated ones.
 
 Keys (the gateway's own): `{prefix}:request:{request_id}` (the ServedRequest JSON), with the TTL. A trace id
 is `tr-` + its request id (`domain/served.trace_id_of`), so feedback given by trace id needs no mapping;

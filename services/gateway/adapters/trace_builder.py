@@ -6,9 +6,10 @@ prediction. The trace is built from them here, in the trace export process, when
 at once for a sampled prediction or an error, or days later when the prediction is rated. It is the trace
 MLflow's tracer would have made for the same call: one root span `predict {model}` (type CHAIN) with the
 inputs, outputs, model/version/variant attributes and the original start and end time; status ERROR with
-an exception event for a failed prediction; trace metadata `flywheel.*` (request id, model, version,
-alias, variant, replica) plus MLflow's own keys for the user and the logged model; the request id as
-`client_request_id`, so `search_traces(filter_string="metadata.`flywheel.request_id` = '...'")` finds it.
+an exception event for a failed prediction; the facts `flywheel.*` (request id, model, version, alias,
+variant, replica: `services/shared/trace_facts`) as root-span attributes that MLflow's span ingestion makes
+the trace's tags, and the user as `user.id` (MLflow's trace user). The same facts are also the TraceInfo's
+metadata, for the path that writes the info itself (a server without span ingestion: `trace_writer`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from mlflow.tracing.constant import (
 )
 
 from services.gateway.domain.served import TRACE_ID_PREFIX, ServedRequest
-
-REQUEST_ID_KEY = "flywheel.request_id"
+from services.shared import trace_facts
 
 
 def _b64(value: int, size: int) -> str:
@@ -64,6 +64,14 @@ def build_trace(served: ServedRequest, experiment_id: str) -> Trace:
     start_ns = served.started_ns or time.time_ns()
     end_ns = start_ns + int(latency_ms * 1_000_000)
     failed = served.status != "ok"
+    facts = {
+        trace_facts.REQUEST_ID: served.request_id,
+        trace_facts.MODEL: served.model,
+        trace_facts.VERSION: served.version,
+        trace_facts.ALIAS: served.alias or "",
+        trace_facts.VARIANT: served.variant or "",
+        trace_facts.REPLICA: served.replica or "",
+    }
     attributes = {
         SpanAttributeKey.REQUEST_ID: _json(served.trace_id),
         SpanAttributeKey.SPAN_TYPE: _json("CHAIN"),
@@ -71,7 +79,11 @@ def build_trace(served: ServedRequest, experiment_id: str) -> Trace:
         "model": _json(served.model),
         "version": _json(served.version),
         "variant": _json(served.variant),
+        **{key: _json(value) for key, value in trace_facts.as_span_attributes(facts).items()},
+        SpanAttributeKey.TRACE_TAG_PREFIX + TraceTagKey.TRACE_NAME: _json(f"predict {served.model}"),
     }
+    if served.user_id:
+        attributes[SpanAttributeKey.USER_ID] = _json(served.user_id)
     if not failed:
         attributes[SpanAttributeKey.OUTPUTS] = _json(served.outputs)
     events = []
@@ -102,15 +114,7 @@ def build_trace(served: ServedRequest, experiment_id: str) -> Trace:
             "attributes": attributes,
         }
     )
-    metadata = {
-        TRACE_SCHEMA_VERSION_KEY: str(TRACE_SCHEMA_VERSION),
-        REQUEST_ID_KEY: served.request_id,
-        "flywheel.model": served.model,
-        "flywheel.version": served.version,
-        "flywheel.alias": served.alias or "",
-        "flywheel.variant": served.variant or "",
-        "flywheel.replica": served.replica or "",
-    }
+    metadata = {TRACE_SCHEMA_VERSION_KEY: str(TRACE_SCHEMA_VERSION), **facts}
     if served.user_id:
         metadata[TraceMetadataKey.TRACE_USER] = served.user_id
     if served.model_id:
@@ -125,6 +129,6 @@ def build_trace(served: ServedRequest, experiment_id: str) -> Trace:
         client_request_id=served.request_id,
         execution_duration=round(latency_ms),
         trace_metadata=metadata,
-        tags={TraceTagKey.TRACE_NAME: f"predict {served.model}"},
+        tags={TraceTagKey.TRACE_NAME: f"predict {served.model}", **facts},
     )
     return Trace(info=info, data=TraceData(spans=[span]))

@@ -49,11 +49,12 @@ class PredictionTracer:
         """Is the trace of this prediction written as it is served (sampled, or an error)?"""
         return self.enabled and trace_wanted(request_id, self.sample, error=error)
 
-    def write(self, served: ServedRequest) -> bool:
-        """Write the trace of `served` (off the request path; False when it was dropped and counted)."""
+    def write(self, served: ServedRequest, *, linked: bool = False) -> bool:
+        """Write the trace of `served` (off the request path; False when it was dropped and counted);
+        `linked`: with MLflow's trace metadata too (the logged-model link), for rated and failed ones."""
         if not self.enabled or not served.trace_id:
             return False
-        return self._channel.submit(served)
+        return self._channel.submit(served.model_copy(update={"linked": True}) if linked else served)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until the traces handed over so far are written to MLflow."""

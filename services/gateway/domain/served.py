@@ -43,6 +43,9 @@ class ServedRequest(BaseModel):
     error_type: str | None = None
     error: str | None = None
     traced: bool = False  # its trace was written when it was served (sampled, or an error)
+    # Write its trace's info with MLflow's metadata too (the logged-model link, the client request id):
+    # rated and failed predictions. Sampled ones go in batches of spans alone (`trace_writer`).
+    linked: bool = False
 
 
 def new_request_id() -> str:
