@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path, Response
 from redis.exceptions import RedisError
 
 from services.gateway import handlers
@@ -45,8 +45,11 @@ async def predict(
     body: PredictRequest,
     alias: AliasQuery = None,
     version: VersionQuery = None,
-) -> PredictResponse:
-    return await handlers.predict(gw, name, body, alias, version)
+) -> Response:
+    # Rendered here, once: returned as a model, FastAPI would validate it against the response model
+    # again before serialising it (the handler built it from validated parts a moment ago).
+    answer = await handlers.predict(gw, name, body, alias, version)
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @router.get("/v1/models/{name}", tags=["serving"], responses={404: {"description": "Not served here."}})
