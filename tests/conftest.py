@@ -10,6 +10,10 @@ nothing depends on what an earlier run left behind.
 `tests.support.also_on_tansu` run a second time with a `stack` whose Kafka is the Tansu broker (same
 MLflow and Redis) with the `embedded` profile, so the zero-Java fallback and its workarounds stay
 covered (`-m tansu` selects those runs).
+
+MLflow runs as production MLflow does: on PostgreSQL (Debian's `postgresql`, a cluster of the session's
+own), with several server workers and the stable webhook key (`FLYWHEEL_EMBEDDED_MLFLOW_DB=postgres`);
+on SQLite only where PostgreSQL is not installed (the summary says which). `.ci/system-deps` installs it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from events import ALIAS_CHANGED
+from services.cli.devstack.postgres import postgres_available
 from services.cli.devstack.stack import Endpoints, Stack
 from services.shared.kafka.admin import ensure_topics, topic_shape
 from tests.support import TopicReader
@@ -32,13 +37,19 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 _BROKERS: list[str] = []
+_MLFLOW: list[str] = []
 
 
 @pytest.fixture(scope="session")
 def base_stack(workdir: Path) -> Iterator[Endpoints]:
     """MLflow, Redis and the default broker (Apache Kafka when Java is here)."""
-    with Stack(workdir / "stack", use_containers=True) as s:
+    database = os.environ.get("FLYWHEEL_EMBEDDED_MLFLOW_DB") or (
+        "postgres" if postgres_available() else "sqlite"
+    )
+    env = {**os.environ, "FLYWHEEL_EMBEDDED_MLFLOW_DB": database}
+    with Stack(workdir / "stack", env, use_containers=True) as s:
         endpoints = s.start()
+        _MLFLOW.extend(part for part in endpoints.started if part.startswith("mlflow"))
         ensure_topics(endpoints.kafka_bootstrap_servers, shape=topic_shape(os.environ))
         _BROKERS.append(
             f"{endpoints.kafka_broker} ({endpoints.kafka_profile} profile): {endpoints.kafka_reason}"
@@ -71,6 +82,8 @@ def stack(request: pytest.FixtureRequest, base_stack: Endpoints, workdir: Path) 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in dict.fromkeys(_BROKERS):
         terminalreporter.write_line(f"Kafka: {line}")
+    for line in dict.fromkeys(_MLFLOW):
+        terminalreporter.write_line(f"MLflow: {line}")
 
 
 @pytest.fixture(scope="session")

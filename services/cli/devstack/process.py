@@ -71,7 +71,7 @@ def stop_all(processes: Sequence[ManagedProcess], timeout_s: float = 10.0) -> No
     SIGKILL what is left. A clean stop takes as long as the slowest part, not the sum of all."""
     running = [p for p in processes if p.alive()]
     for process in running:
-        process.signal(signal.SIGTERM)
+        process.signal(process.stop_signal)
     deadline = time.monotonic() + timeout_s
     for process in running:
         assert process.proc is not None
@@ -90,8 +90,10 @@ class ManagedProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.name = name
+        self.stop_signal = stop_signal  # what asks it to stop (PostgreSQL: SIGINT, its fast shutdown)
         self.argv = list(argv)
         self.log_path = log_path
         self.env = with_this_python_on_path(env)
@@ -149,7 +151,7 @@ class ManagedProcess:
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.signal(signal.SIGTERM)
+        self.signal(self.stop_signal)
         try:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -56,16 +56,18 @@ def start_mlflow(
     *,
     workers: int = 1,
     stable_key: bool = True,
+    backend_store_uri: str | None = None,
 ) -> tuple[ManagedProcess, str]:
-    """MLflow's tracking server on sqlite. `stable_key=False` starts it without a webhook encryption
-    key, as a misconfigured production server would run (each worker then makes its own)."""
+    """MLflow's tracking server on `backend_store_uri` (default: sqlite in `workdir`). `stable_key=False`
+    starts it without a webhook encryption key, as a misconfigured production server would run (each
+    worker then makes its own)."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = python_module(
         "mlflow",
         "server",
         "--backend-store-uri",
-        f"sqlite:///{workdir / 'mlflow.db'}",
+        backend_store_uri or f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination",
         str(workdir / "artifacts"),
         "--serve-artifacts",

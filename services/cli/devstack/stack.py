@@ -11,6 +11,12 @@ Kafka, when `KAFKA_BOOTSTRAP_SERVERS` is unset, follows `FLYWHEEL_EMBEDDED_KAFKA
 - `auto` (default): Apache Kafka when Java 17+ is on PATH and its jars are cached or Maven can fetch
   them, Tansu otherwise. The choice and its reason are part of the result, so `flywheel up` can say them.
 Apache Kafka always runs with the `standard` (production) client profile.
+
+MLflow, when `MLFLOW_TRACKING_URI` is unset, follows `FLYWHEEL_EMBEDDED_MLFLOW_DB`:
+- `sqlite` (default, zero setup): one server worker on a SQLite file;
+- `postgres`: a PostgreSQL cluster of its own (`postgres.py`, Debian's `postgresql`) and
+  `FLYWHEEL_EMBEDDED_MLFLOW_WORKERS` (default 2) server workers — what production MLflow runs, and what
+  the test suite runs on. Either way with a stable webhook encryption key.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from services.cli.devstack.kafka import (
     start_kafka_cluster,
 )
 from services.cli.devstack.ports import KAFKA_PORT, MLFLOW_PORT, REDIS_PORT, Ports
+from services.cli.devstack.postgres import start_postgres
 from services.cli.devstack.process import ManagedProcess, stop_all
 from services.cli.devstack.servers import start_mlflow, start_redis, start_tansu
 
@@ -59,6 +66,17 @@ class Endpoints:
 
 
 EMBEDDED_KAFKA_CHOICES = ("auto", "apache", "tansu")
+EMBEDDED_MLFLOW_DATABASES = ("sqlite", "postgres")
+
+
+def choose_mlflow_database(env: Mapping[str, str]) -> str:
+    """`FLYWHEEL_EMBEDDED_MLFLOW_DB`: sqlite (default) or postgres; anything else is an error."""
+    wanted = (env.get("FLYWHEEL_EMBEDDED_MLFLOW_DB") or "sqlite").strip().lower()
+    if wanted not in EMBEDDED_MLFLOW_DATABASES:
+        raise ValueError(
+            f"FLYWHEEL_EMBEDDED_MLFLOW_DB={wanted!r}: expected one of {', '.join(EMBEDDED_MLFLOW_DATABASES)}"
+        )
+    return wanted
 
 
 def choose_embedded_kafka(env: Mapping[str, str]) -> tuple[str, str]:
@@ -110,9 +128,8 @@ class Stack:
         started: list[str] = []
         mlflow_uri = self.env.get("MLFLOW_TRACKING_URI", "")
         if not mlflow_uri and need_mlflow:
-            proc, mlflow_uri = start_mlflow(self.workdir / "mlflow", self.ports.pick("mlflow", MLFLOW_PORT))
-            self.processes["mlflow"] = proc
-            started.append("mlflow")
+            mlflow_uri, label = self._start_mlflow()
+            started.append(label)
 
         redis_url = self.env.get("REDIS_URL", "")
         if not redis_url and self.use_containers:
@@ -160,6 +177,20 @@ class Stack:
         return Endpoints(
             mlflow_uri, bootstrap, redis_url, "embedded", started, kafka_broker="tansu", kafka_reason=reason
         )
+
+    def _start_mlflow(self) -> tuple[str, str]:
+        """(tracking URI, what was started) of the embedded MLflow (`FLYWHEEL_EMBEDDED_MLFLOW_DB`)."""
+        database = choose_mlflow_database(self.env)
+        port = self.ports.pick("mlflow", MLFLOW_PORT)
+        if database == "sqlite":
+            self.processes["mlflow"], uri = start_mlflow(self.workdir / "mlflow", port)
+            return uri, "mlflow (sqlite)"
+        workers = int(self.env.get("FLYWHEEL_EMBEDDED_MLFLOW_WORKERS") or 2)
+        self.processes["postgres"], store = start_postgres(self.workdir / "postgres")
+        self.processes["mlflow"], uri = start_mlflow(
+            self.workdir / "mlflow", port, workers=workers, backend_store_uri=store
+        )
+        return uri, f"mlflow (postgresql, {workers} workers)"
 
     def _redis_container(self) -> str:
         from testcontainers.redis import RedisContainer
