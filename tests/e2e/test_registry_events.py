@@ -152,12 +152,17 @@ def test_two_watchers_behind_one_url_with_both_pollers_publish_each_change_once(
     alias_topic: TopicReader,  # type: ignore[no-untyped-def]
 ) -> None:
     """Two replicas of the watcher (one Redis namespace) behind a round-robin balancer, both polling: the
-    deliveries alternate between them, the pollers race the webhooks, and still one event per change."""
+    deliveries alternate between them, the pollers race the webhooks, and still one event per change.
+
+    The pollers run every 1.5 s, longer than a delivery takes even on this loaded machine: a poller that
+    reads the registry while the deliveries of a quick A -> B -> A are still queued in MLflow publishes
+    the newest state ahead of them (the state converges, the intermediate step is not in the history —
+    README "Webhook deliveries": why MLflow should deliver in write order, and promptly)."""
     model = make_model(3)
     namespace = unique("e2e")
     watchers = []
     for _ in range(2):
-        watcher = Watcher(stack, workdir, [model])
+        watcher = Watcher(stack, workdir, [model], poll_s=1.5)
         watcher.env["FLYWHEEL_REDIS_PREFIX"] = namespace
         watchers.append(watcher.start())
     try:
