@@ -8,7 +8,7 @@ import logging
 from events import ALIAS_CHANGED, AliasChanged
 from services.cache_invalidation.handlers import InvalidationHandler
 from services.cache_invalidation.settings import CacheInvalidationSettings
-from services.shared.consumer import ConsumerRuntime, Subscription
+from services.shared.consumer import ConsumerRuntime, Subscription, Timer
 from services.shared.service_main import run_consumer_worker
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ def build_runtime(
         web_port=settings.invalidation_web_port,
         web_bind=settings.invalidation_metrics_host,
         subscriptions=[Subscription(ALIAS_CHANGED, AliasChanged, handler.handle)],
+        timers=[Timer(settings.invalidation_rebuild_check_s, handler.rebuild_if_lost, "rebuild-if-lost")],
         on_stop=[handler.close],
         retry_initial_s=settings.invalidation_retry_initial_s,
         retry_max_s=settings.invalidation_retry_max_s,

@@ -35,6 +35,7 @@ from services.cache_invalidation.domain.apply import (
     lag_seconds,
     notice_for,
 )
+from services.cache_invalidation.rebuild import rebuild_if_lost
 from services.cache_invalidation.settings import CacheInvalidationSettings
 from services.shared.consumer import Message
 from services.shared.redis_store import RedisKeys, async_redis
@@ -82,6 +83,10 @@ class InvalidationHandler:
         redis, self._redis, self._writer = self._redis, None, None
         if redis is not None:
             await redis.aclose()
+
+    async def rebuild_if_lost(self) -> int:
+        """The timer's task: rebuild the cache from the topic when Redis came back empty (`rebuild.py`)."""
+        return await rebuild_if_lost(self._get_writer(), self._settings)
 
     async def handle(self, messages: list[Message]) -> list[Handled]:
         """The runtime's handler: apply each event in order (raises on a failed effect: retried)."""

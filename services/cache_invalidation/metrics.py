@@ -30,3 +30,7 @@ LAST_APPLIED_LAG = Gauge(
     "flywheel_invalidation_last_applied_lag_seconds",
     "Seconds between an event's occurred_at and its application, for the last applied event",
 )
+REBUILDS = Counter(
+    "flywheel_invalidation_cache_rebuilds_total",
+    "Times the resolution cache was found gone (Redis came back empty, or a new namespace) and rebuilt",
+)

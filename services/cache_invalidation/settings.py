@@ -25,3 +25,8 @@ class CacheInvalidationSettings(FlywheelSettings):
         0.2, "First back-off after a failed apply (Redis down); doubles."
     )
     invalidation_retry_max_s: float = positive_field(5.0, "Longest back-off.")
+    invalidation_rebuild_check_s: float = positive_field(
+        5.0,
+        "How often the worker checks that the resolution cache is there (its epoch marker); when Redis "
+        "came back empty it is rebuilt from the alias-changed topic.",
+    )

@@ -25,6 +25,7 @@ from services.registry_watcher.entrypoints.http import router
 from services.registry_watcher.entrypoints.poller import RegistryPoller
 from services.registry_watcher.handlers import AliasChangeRecorder
 from services.registry_watcher.settings import WatcherSettings
+from services.registry_watcher.state_restore import StateKeeper
 from services.shared.http_ops import ReadinessCheck, add_ops_routes, service_app
 from services.shared.kafka.admin import check_topics
 from services.shared.kafka.profile import profile_named
@@ -66,7 +67,17 @@ def build_watcher(settings: WatcherSettings) -> Watcher:
         health=health,
         reporter=HealthReporter(redis, keys, health, settings.poll_interval_s),
     )
-    return Watcher(settings, redis, keys, state, publisher, relay, recorder, poller, Binding(), health)
+    watcher = Watcher(settings, redis, keys, state, publisher, relay, recorder, poller, Binding(), health)
+    watcher.keeper = StateKeeper(
+        state,
+        lambda: bind_registry(watcher),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka_profile=settings.kafka_profile,
+        watched=settings.watches,
+        registry_uri=redact_url(settings.mlflow_tracking_uri),
+    )
+    poller.ensure_state = watcher.keeper.ensure
+    return watcher
 
 
 async def bind_registry(watcher: Watcher) -> bool:
@@ -92,8 +103,12 @@ async def bind_registry(watcher: Watcher) -> bool:
 
 
 async def _run_when_bound(watcher: Watcher, loops: list[Callable[[], Awaitable[None]]]) -> None:
-    """Bind (retrying while MLflow or Redis is down), then run the publishing loops; never when refused."""
-    bound = await retry_forever(lambda: bind_registry(watcher), "checking the registry identity", max_s=10.0)
+    """Restore the alias state if it is gone, bind (retrying while MLflow, Redis or Kafka is down), then
+    run the publishing loops; never when refused."""
+    assert watcher.keeper is not None
+    keeper = watcher.keeper
+    what = "checking the alias state and the registry identity"
+    bound = await retry_forever(lambda: keeper.ensure(check_identity=True), what, max_s=10.0)
     if bound:
         await asyncio.gather(*(loop() for loop in loops))
 
@@ -113,7 +128,7 @@ def create_app(settings: WatcherSettings | None = None, *, background: bool = Tr
         tasks = []
         if not background:  # in-process tests: one check, no loops
             with contextlib.suppress(Exception):
-                await bind_registry(watcher)
+                await bind_registry(watcher)  # no topic to restore from: these tests start empty
         else:
             loops: list[Callable[[], Awaitable[None]]] = [
                 lambda: watcher.relay.run(settings.outbox_interval_s)

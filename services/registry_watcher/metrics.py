@@ -43,3 +43,7 @@ WEBHOOK_FAILING = Gauge(
     "flywheel_watcher_webhook_deliveries_failing",
     "1 while the poller repairs alias changes that no webhook delivered (see GET /v1/webhook-health)",
 )
+STATE_RESTORES = Counter(
+    "flywheel_watcher_state_restores_total",
+    "Times the alias state was found gone (Redis came back empty) and restored from the alias-changed topic",
+)

@@ -50,6 +50,11 @@ class RedisKeys:
     def resolution_models(self) -> str:
         return self.key("resolution", "models")
 
+    def resolution_epoch(self) -> str:
+        """Set once the resolution cache is complete (rebuilt from the alias-changed topic); missing
+        after Redis came back empty — the cache invalidation worker then rebuilds it."""
+        return self.key("resolution-epoch")
+
     def reload_channel(self) -> str:
         return self.key("reload")
 

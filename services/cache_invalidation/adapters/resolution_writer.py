@@ -113,6 +113,13 @@ class ResolutionWriter:
             stored_entry = None
         return CasResult(CasStatus(status), stored_entry)
 
+    async def complete(self) -> bool:
+        """Is the cache whole (its epoch marker set)? False after Redis came back empty (`rebuild.py`)."""
+        return bool(await self._redis.exists(self._keys.resolution_epoch()))
+
+    async def mark_complete(self) -> None:
+        await self._redis.set(self._keys.resolution_epoch(), "1")
+
     async def drop_model_cache(self, model: str) -> int:
         """Delete the model's cached data (`RedisKeys.model_cache`); returns how many fields it held.
 

@@ -16,23 +16,30 @@ Kafka, oldest first), `watcher:outbox-pending` (models whose outbox is not empty
 `watcher:outbox-dead-letters:{model}` (entries that were not readable events, set aside),
 `watcher:outbox-lock:{model}` (one relay drains a model at a time), `watcher:delivery:{id}` (webhook
 deliveries already handled, for a while).
+
+`watcher:registry-id` doubles as the state's epoch marker: the commit script refuses (`StateLost`) while
+it is missing — Redis came back empty, and a diff against nothing would announce every alias anew — until
+the state is restored from the alias-changed topic (`restore`, `domain/state_seed.py`) and the registry
+bound again (`state_restore.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
 import redis.asyncio as aioredis
 
 from events import AliasChanged, encode
+from services.registry_watcher.domain.state_seed import SeedEntry
 from services.shared.redis_store import RedisKeys
 
 REV_FIELD = "__rev"
 AT_PREFIX = "__at:"
 
 _COMMIT_LUA = """
+if redis.call('EXISTS', KEYS[5]) == 0 then return -2 end
 local current = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
 if current ~= ARGV[2] then return -1 end
 local i = 4
@@ -68,11 +75,30 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {'adopted', stored}
 """
 
+# KEYS: alias-state hash, models set. ARGV: model, rev, then (alias, version or '', at) triples.
+# Writes a restored model only when no writer got there first (the hash does not exist).
+_RESTORE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local i = 3
+while i <= #ARGV do
+  if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  redis.call('HSET', KEYS[1], '__at:' .. ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+redis.call('HSET', KEYS[1], '__rev', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
 _ACK_LUA = """
 redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1)
 if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 return redis.call('LLEN', KEYS[1])
 """
+
+
+class StateLost(RuntimeError):
+    """The alias state is gone (its epoch marker `watcher:registry-id` is missing): restore it first."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,7 @@ class AliasStateStore:
         self._commit = redis.register_script(_COMMIT_LUA)
         self._ack = redis.register_script(_ACK_LUA)
         self._bind = redis.register_script(_BIND_LUA)
+        self._restore = redis.register_script(_RESTORE_LUA)
 
     def key(self, kind: OwnKey, *of: str) -> str:
         """One of the watcher's own keys, `{prefix}:watcher:{kind}[:{of}]` (no other service reads them)."""
@@ -119,6 +146,21 @@ class AliasStateStore:
             keys=keys, args=[registry_id, "1" if adopt else "0", self.key("aliases", "")]
         )
         return str(status), str(stored)
+
+    async def bound(self) -> bool:
+        """Is the state there (its epoch marker set)? False after Redis came back empty."""
+        return bool(await self._redis.exists(self.key("registry-id")))
+
+    async def restore(self, seed: Mapping[str, Mapping[str, SeedEntry]]) -> int:
+        """Write the rebuilt state of each model that has none yet; returns how many were written."""
+        written = 0
+        for model, aliases in sorted(seed.items()):
+            args: list[str] = [model, "1"]
+            for alias, entry in sorted(aliases.items()):
+                args += [alias, entry.version or "", repr(float(entry.at))]
+            keys = [self.key("aliases", model), self.key("models")]
+            written += int(await self._restore(keys=keys, args=args))
+        return written
 
     async def snapshot(self, model: str) -> AliasSnapshot:
         raw = cast(dict[str, str], await self._redis.hgetall(self.key("aliases", model)))
@@ -149,7 +191,8 @@ class AliasStateStore:
         observed_at: Sequence[float | None] | None = None,
     ) -> bool:
         """Apply `events` iff the state is still at `snapshot.rev`; False when someone else won.
-        `observed_at[i]` is when the change of `events[i]` was observed (None: unknown)."""
+        `observed_at[i]` is when the change of `events[i]` was observed (None: unknown). StateLost when
+        the state is gone (Redis came back empty)."""
         if not events:
             return True
         stamps = list(observed_at) if observed_at is not None else [None] * len(events)
@@ -170,9 +213,12 @@ class AliasStateStore:
             self.key("outbox", snapshot.model),
             self.key("outbox-pending"),
             self.key("models"),
+            self.key("registry-id"),
         ]
-        result = await self._commit(keys=keys, args=args)
-        return int(result) >= 0
+        result = int(await self._commit(keys=keys, args=args))
+        if result == -2:
+            raise StateLost("the alias state is gone (Redis came back empty); restoring it")
+        return result >= 0
 
     # --- outbox --------------------------------------------------------------------------------
     async def pending_models(self) -> set[str]:

@@ -14,6 +14,7 @@ from services.registry_watcher.domain.delivery_health import DeliveryHealth
 from services.registry_watcher.entrypoints.poller import RegistryPoller
 from services.registry_watcher.handlers import AliasChangeRecorder
 from services.registry_watcher.settings import WatcherSettings
+from services.registry_watcher.state_restore import StateKeeper
 from services.shared.http_deps import from_app_state
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys
@@ -45,6 +46,7 @@ class Watcher:
     poller: RegistryPoller
     binding: Binding
     health: DeliveryHealth
+    keeper: StateKeeper | None = None  # set once built (it binds through the watcher)
 
 
 WatcherDep = Annotated[Watcher, Depends(from_app_state("watcher"))]

@@ -18,6 +18,7 @@ from redis.exceptions import LockError, RedisError
 
 from events import AliasSource
 from services.registry_watcher import metrics
+from services.registry_watcher.adapters.alias_state import StateLost
 from services.registry_watcher.domain.signature import SignatureRejected, verify
 from services.registry_watcher.domain.webhook import IgnoredEvent, PayloadError, parse_payload
 from services.registry_watcher.entrypoints.deps import WatcherDep
@@ -140,6 +141,10 @@ async def mlflow_webhook(request: Request, watcher: WatcherDep) -> JSONResponse:
         return _error(503, "redis_unavailable", f"alias state unavailable: {exc!r}")
     except ConcurrentChange as exc:
         return _error(503, "busy", str(exc))
+    except StateLost as exc:  # Redis came back empty: restore, and have MLflow retry this delivery
+        if watcher.keeper is not None:
+            watcher.keeper.restore_soon()
+        return _error(503, "state_lost", str(exc))
     return JSONResponse(status, status_code=200)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from events import AliasSource
 from services.registry_watcher import metrics
@@ -53,6 +53,8 @@ class RegistryPoller:
         self._stage_mode = stage_mode
         self._stage_aliases = stage_aliases
         self.last_success: float | None = None
+        # Restores the alias state when Redis came back empty (state_restore.StateKeeper.ensure).
+        self.ensure_state: Callable[[], Awaitable[bool]] | None = None
         metrics.POLL_LAG.set_function(self.lag_seconds)
 
     def lag_seconds(self) -> float:
@@ -80,6 +82,8 @@ class RegistryPoller:
     async def poll_once(self) -> int:
         """One cycle; returns the number of models whose state changed."""
         started = time.perf_counter()
+        if self.ensure_state is not None and not await self.ensure_state():
+            return 0  # another registry's state (refused): nothing is published
         known = {m for m in await self._state.known_models() if self._watched(m)}
         candidates = known | set(self._models or [])
         snapshots = await self._state.snapshots(candidates)

@@ -1,0 +1,100 @@
+"""Redis comes back empty (a restart without persistence, a failover to an empty replica) while the
+services run: simulated by deleting every key of the stack's namespace at once.
+
+The watcher must not take the empty state for news: it restores its alias state from the alias-changed
+topic, then publishes exactly what changed in MLflow while the state was gone — with the right
+`previous_version`, a deletion included — and nothing else (before, every alias was announced again as
+new, and an alias deleted meanwhile was never published). The resolution cache is rebuilt from the same
+topic, so gateways converge (README "Failure modes").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import httpx
+import pytest
+import redis
+from mlflow import MlflowClient
+
+from events import ALIAS_CHANGED, AliasChanged
+from services.cli.devstack.stack import Endpoints
+from services.cli.stack_runner import RunningService, StackRunner
+from services.shared.redis_store import RedisKeys
+from services.shared.resolution import parse_entries
+from tests.support import TopicReader, unique, wait_until
+
+pytestmark = pytest.mark.e2e
+
+POLL_S = 1.0
+
+
+@pytest.fixture()
+def watched(
+    stack: Endpoints, workdir: Path, mlflow_client: MlflowClient
+) -> Iterator[tuple[str, str, RunningService]]:
+    model = unique("emptied")
+    mlflow_client.create_registered_model(model)
+    for _ in range(2):
+        mlflow_client.create_model_version(model, source="s3://flywheel-tests/model", run_id=None)
+    prefix = unique("emptied")
+    env = {**stack.env(), "FLYWHEEL_REDIS_PREFIX": prefix}
+    runner = StackRunner.attach(workdir / unique("emptied"), stack, env)
+    try:
+        extra = {"FLYWHEEL_MODELS": model, "FLYWHEEL_POLL_INTERVAL_S": str(POLL_S)}
+        watcher = runner.start_watcher(extra)
+        runner.start_cache_invalidation(extra_env=extra)
+        yield model, prefix, watcher
+    finally:
+        runner.stop()
+
+
+def _emptied(redis_url: str, prefix: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    return int(client.delete(*keys)) if keys else 0
+
+
+def _moves(events: list[AliasChanged]) -> list[tuple[str, str | None, str | None]]:
+    return sorted((e.alias, e.version, e.previous_version) for e in events)
+
+
+def test_an_emptied_redis_publishes_only_what_changed_meanwhile(
+    watched: tuple[str, str, RunningService], stack: Endpoints, mlflow_client: MlflowClient
+) -> None:
+    model, prefix, watcher = watched
+    topic = TopicReader(stack, ALIAS_CHANGED)
+    of_model = lambda e: isinstance(e, AliasChanged) and e.model == model  # noqa: E731
+    try:
+        mlflow_client.set_registered_model_alias(model, "champion", "1")
+        mlflow_client.set_registered_model_alias(model, "challenger", "2")
+        before = topic.wait_for(of_model, 2, timeout_s=20)
+        assert _moves(before) == [("challenger", "2", None), ("champion", "1", None)]  # type: ignore[arg-type]
+
+        assert _emptied(stack.redis_url, prefix) > 0
+        mlflow_client.set_registered_model_alias(model, "champion", "2")
+        mlflow_client.delete_registered_model_alias(model, "challenger")
+        after = topic.wait_for(of_model, 4, timeout_s=30)[2:]
+        topic.settle(4 * POLL_S)  # several polls on the restored state: nothing may be added
+        after = topic.events(of_model)[2:]
+    finally:
+        topic.close()
+    assert _moves(after) == [("challenger", None, "2"), ("champion", "2", "1")], _moves(after)  # type: ignore[arg-type]
+    store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    assert store.exists(f"{prefix}:watcher:registry-id")
+    metrics = httpx.get(f"{watcher.url}/metrics", timeout=5).text
+    assert "flywheel_watcher_state_restores_total 1.0" in metrics
+
+    # The resolution cache converges: rebuilt from the topic (the changes since included), marked whole.
+    keys = RedisKeys(prefix)
+
+    def cached() -> dict[str, str | None]:
+        return {
+            a: e.version
+            for a, e in parse_entries(cast(dict[str, str], store.hgetall(keys.resolution(model)))).items()
+        }
+
+    wait_until(lambda: cached() == {"champion": "2", "challenger": None}, 20, "the resolution cache rebuilt")
+    assert store.exists(keys.resolution_epoch())
