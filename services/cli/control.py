@@ -94,6 +94,9 @@ def print_status(report: StatusReport, console: Console) -> None:
         replicas = f"{len(row.replicas)}" + (f" ([red]{len(stale)} behind[/])" if stale else "")
         fb = row.feedback["totals"] if row.feedback else None
         feedback_cell = f"{fb['thumbs_up'] + fb['thumbs_down']} / {_pct(fb['thumbs_up_rate'])}" if fb else "-"
+        if row.feedback and row.feedback.get("earlier_counts_lost"):
+            since = str(row.feedback.get("counts_since"))[:19]
+            feedback_cell += f" [yellow](counted since {since}: Redis lost the earlier counts)[/]"
         ds, rt = row.latest_dataset, row.latest_retraining
         ledger_cell = f"{f'v{ds.dataset_version} ({ds.rows} rows)' if ds else '-'} / " + (
             f"{rt.outcome}{f' v{rt.version}' if rt.version else ''}" if rt else "-"

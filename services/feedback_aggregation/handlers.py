@@ -55,6 +55,7 @@ from services.feedback_aggregation.adapters.store import (
     ModelAppend,
     progress_field,
 )
+from services.feedback_aggregation.counts_epoch import EpochKeeper
 from services.feedback_aggregation.domain.aggregates import (
     AggregateConfig,
     apply,
@@ -130,6 +131,7 @@ class FeedbackService(Summaries, Publications):
         self._summary_at: dict[str, float] = {}  # model -> monotonic time its summary was last written
         self._dirty: set[str] = set()  # models whose stored summary is behind their seq
         self._flushers: dict[str, asyncio.Task[None]] = {}
+        self.epochs = EpochKeeper(store, settings.kafka_bootstrap_servers, settings.feedback_group_id)
 
     # --- state ------------------------------------------------------------------------------------
     async def view(self, model: str) -> ModelView:
@@ -332,6 +334,7 @@ class FeedbackService(Summaries, Publications):
 
     async def restore(self) -> None:
         """Load every model with a persisted state: resume pending publications, evaluate cooldowns."""
+        await self._check_epoch()
         models = await self.store.models()
         pending = await self.store.pending_models()
         for model in sorted(set(models) | pending):
@@ -342,9 +345,19 @@ class FeedbackService(Summaries, Publications):
                     log.info("resuming publication %s of %s", view.pending.publication_id, model)
                     self._spawn(model)
 
+    async def _check_epoch(self) -> None:
+        before = self.epochs.epoch
+        try:
+            if await self.epochs.check() != before:  # the summaries say it at once
+                self._dirty |= set(self.models)
+        except Exception as exc:  # Redis or Kafka down: the next tick looks again
+            log.warning("cannot check since when the counts count: %r", exc)
+
     async def tick(self) -> None:
         """Resume pending publications that have no task (also those of a crashed worker, once its lease
-        expired); fire the triggers that only time can fire (a cooldown ending)."""
+        expired); fire the triggers that only time can fire (a cooldown ending); notice counts lost
+        with Redis (`counts_epoch.py`)."""
+        await self._check_epoch()
         if self.publisher is not None:
             for model in sorted(await self.store.pending_models()):
                 task = self._tasks.get(model)

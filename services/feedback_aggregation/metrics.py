@@ -38,3 +38,7 @@ PUBLICATIONS = Counter(
 )
 PENDING = Gauge("flywheel_feedback_publications_pending", "Dataset publications in progress")
 ERRORS = Counter("flywheel_feedback_errors_total", "Failures (retried), by stage", ["stage"])
+STATE_LOST = Counter(
+    "flywheel_feedback_state_lost_total",
+    "Times the counts were found gone (Redis came back empty) while the group had committed offsets",
+)

@@ -16,6 +16,7 @@ from typing import Any
 
 from services.feedback_aggregation import metrics
 from services.feedback_aggregation.adapters.store import FeedbackStore
+from services.feedback_aggregation.counts_epoch import EpochKeeper
 from services.feedback_aggregation.domain.aggregates import AggregateConfig
 from services.feedback_aggregation.domain.triggers import TriggerPolicy
 from services.feedback_aggregation.views import ModelView, build_summary
@@ -31,6 +32,7 @@ class Summaries:
     models: dict[str, ModelView]
     clock: Callable[[], datetime]
     summary_interval_s: float
+    epochs: EpochKeeper
     _summary_at: dict[str, float]
     _dirty: set[str]
     _flushers: dict[str, asyncio.Task[None]]
@@ -38,7 +40,7 @@ class Summaries:
 
     def summary(self, view: ModelView, now: datetime, applied: int | None = None) -> dict[str, Any]:
         """See `views.build_summary`; `applied` = events applied once the write it goes with succeeds."""
-        return build_summary(view, now, self.config, self.policy, applied)
+        return build_summary(view, now, self.config, self.policy, applied, self.epochs.epoch)
 
     def _summary_written(self, model: str, tick: float | None = None) -> None:
         self._summary_at[model] = time.monotonic() if tick is None else tick

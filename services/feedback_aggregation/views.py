@@ -11,6 +11,7 @@ from typing import Any
 from events import FeedbackRecorded, InferenceRecorded, decode
 from services.feedback_aggregation.adapters.dataset_publisher import Pending
 from services.feedback_aggregation.adapters.store import StoredModel
+from services.feedback_aggregation.counts_epoch import CountsEpoch
 from services.feedback_aggregation.domain.aggregates import (
     AggregateConfig,
     AggregateState,
@@ -63,10 +64,12 @@ def build_summary(
     config: AggregateConfig,
     policy: TriggerPolicy,
     applied: int | None = None,
+    epoch: CountsEpoch | None = None,
 ) -> dict[str, Any]:
     """What `read_summary` returns: counts per version (totals and the windows of the rate window),
-    the trigger's last verdict, the pending and the last publication. `applied` = events applied
-    (the model's seq) once the write this summary goes with succeeds."""
+    the trigger's last verdict, the pending and the last publication, and since when the counts count
+    (`counts_epoch.py`). `applied` = events applied (the model's seq) once the write this summary goes
+    with succeeds."""
     versions: dict[str, Any] = {}
     total = Counts()
     for version in sorted(view.states, key=_version_key):
@@ -90,6 +93,8 @@ def build_summary(
         "model": view.model,
         "updated_at": rfc3339(now),
         "applied_events": view.seq if applied is None else applied,
+        "counts_since": rfc3339(datetime.fromtimestamp(epoch.since, UTC)) if epoch else None,
+        "earlier_counts_lost": epoch.earlier_lost if epoch else False,
         "window_s": config.window_s,
         "rate_window_s": policy.rate_window_s,
         "totals": _rates(total),

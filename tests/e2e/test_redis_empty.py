@@ -5,12 +5,15 @@ The watcher must not take the empty state for news: it restores its alias state 
 topic, then publishes exactly what changed in MLflow while the state was gone — with the right
 `previous_version`, a deletion included — and nothing else (before, every alias was announced again as
 new, and an alias deleted meanwhile was never published). The resolution cache is rebuilt from the same
-topic, so gateways converge (README "Failure modes").
+topic, so gateways converge. The feedback worker's counts cannot come back from Redis: it counts on
+from the loss — each event once — and its summary says since when (README "Failure modes").
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import cast
 
@@ -22,9 +25,13 @@ from mlflow import MlflowClient
 from events import ALIAS_CHANGED, AliasChanged
 from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import RunningService, StackRunner
+from services.shared.feedback_summary import read_summary_sync
+from services.shared.kafka.profile import profile_named
+from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys
 from services.shared.resolution import parse_entries
 from tests.support import TopicReader, unique, wait_until
+from tests.support.feedback import Events, records
 
 pytestmark = pytest.mark.e2e
 
@@ -98,3 +105,50 @@ def test_an_emptied_redis_publishes_only_what_changed_meanwhile(
 
     wait_until(lambda: cached() == {"champion": "2", "challenger": None}, 20, "the resolution cache rebuilt")
     assert store.exists(keys.resolution_epoch())
+
+
+def test_feedback_counts_after_an_emptied_redis_say_since_when_and_nothing_double_counts(
+    stack: Endpoints, workdir: Path
+) -> None:
+    model, prefix = unique("emptied_fb"), unique("emptied")
+    runner = StackRunner.attach(
+        workdir / unique("emptied-fb"), stack, {**stack.env(), "FLYWHEEL_REDIS_PREFIX": prefix}
+    )
+    store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    keys = RedisKeys(prefix)
+    publisher = KafkaPublisher(stack.kafka_bootstrap_servers, profile_named(stack.kafka_profile), "tests")
+    events = Events(model)
+    try:
+        runner.start_worker(
+            "feedback-aggregation",
+            {
+                "FLYWHEEL_MODELS": model,
+                "FLYWHEEL_FEEDBACK_GROUP_ID": unique("emptied-fb"),
+                "FLYWHEEL_FEEDBACK_TICK_S": "1",
+            },
+        )
+        publisher.publish_sync(records([events.inference(f"a{i}", "1") for i in range(20)]))
+        wait_until(
+            lambda: (s := read_summary_sync(store, keys, model)) and s["totals"]["inferences"] == 20,
+            30,
+            "20 inferences counted",
+        )
+        first = read_summary_sync(store, keys, model) or {}
+        assert first["earlier_counts_lost"] is False and first["counts_since"]
+
+        emptied_at = time.time()
+        assert _emptied(stack.redis_url, prefix) > 0
+        publisher.publish_sync(records([events.inference(f"b{i}", "1") for i in range(7)]))
+        wait_until(
+            lambda: (s := read_summary_sync(store, keys, model)) and s["earlier_counts_lost"],
+            30,
+            "the summary saying the earlier counts were lost",
+        )
+        time.sleep(3)  # ticks and redeliveries: nothing may count twice
+        after = read_summary_sync(store, keys, model) or {}
+    finally:
+        publisher.close()
+        runner.stop()
+    assert after["totals"]["inferences"] == 7, after["totals"]  # counted on from the loss, each once
+    since = datetime.fromisoformat(after["counts_since"].replace("Z", "+00:00")).timestamp()
+    assert emptied_at - 1 <= since <= time.time()

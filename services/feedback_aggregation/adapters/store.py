@@ -14,7 +14,8 @@ shared `RedisKeys`, because the console reads them):
 - `feedback:summary:{model}`: the summary JSON readers use (`services.shared.feedback_summary.read_summary`).
 - `feedback:publication-lease:{model}`: the worker running the model's publication (one at a time).
 Global: `feedback:progress` hash `topic:partition` -> offset of the last applied event;
-`feedback:pending-models` set: models with a publication in progress (resumed after a restart).
+`feedback:pending-models` set: models with a publication in progress (resumed after a restart);
+`feedback:epoch`: since when the counts count (`counts_epoch.py`).
 
 `append_batch` persists one batch of applied events in one step: for every model of the batch it
 appends the raw events to the journal (and the feedback ones to the buffer), bumps `seq` by their number
@@ -192,7 +193,14 @@ def progress_field(topic: str, partition: int) -> str:
 
 
 OwnKey = Literal[
-    "state", "journal", "buffer", "pending-buffer", "progress", "pending-models", "publication-lease"
+    "state",
+    "journal",
+    "buffer",
+    "pending-buffer",
+    "progress",
+    "pending-models",
+    "publication-lease",
+    "epoch",
 ]
 
 

@@ -22,6 +22,10 @@ class FeedbackSummary(BaseModel):
     model: str
     updated_at: str | None = Field(description="When the worker last wrote the summary.")
     applied_events: int = Field(description="Inference and feedback events applied so far.")
+    counts_since: str | None = Field(default=None, description="When the counts began (RFC 3339).")
+    earlier_counts_lost: bool = Field(
+        default=False, description="Counts from before `counts_since` were lost with Redis (came back empty)."
+    )
     window_s: int | float = Field(description="Length of one window.")
     totals: dict[str, Any] = Field(description="All versions: requests, errors, thumbs up/down, corrections.")
     versions: dict[str, Any] = Field(description="version -> totals and windows (start, counts, rates).")
@@ -59,6 +63,8 @@ def read_feedback(
         model=model,
         updated_at=summary.get("updated_at"),
         applied_events=summary.get("applied_events", 0),
+        counts_since=summary.get("counts_since"),
+        earlier_counts_lost=bool(summary.get("earlier_counts_lost", False)),
         window_s=summary.get("window_s", 0),
         totals=summary.get("totals", {}),
         versions=versions,

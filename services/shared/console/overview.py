@@ -150,7 +150,16 @@ def model_overview(
         rollout=rollout,
         watch=watch,
         traffic_split=_json(client.get(keys.traffic_split(model))),
-        feedback={"totals": summary["totals"], "updated_at": summary.get("updated_at")} if summary else None,
+        feedback=(
+            {
+                "totals": summary["totals"],
+                "updated_at": summary.get("updated_at"),
+                "earlier_counts_lost": bool(summary.get("earlier_counts_lost")),
+                "counts_since": summary.get("counts_since"),
+            }
+            if summary
+            else None
+        ),
         mlflow_url=mlflow_model_url(settings, model),
     )
 

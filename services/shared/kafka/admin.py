@@ -57,6 +57,16 @@ def _admin(bootstrap_servers: str, timeout_s: float) -> KafkaAdminClient:
     )
 
 
+def group_has_committed(bootstrap_servers: str, group_id: str, timeout_s: float = 10.0) -> bool:
+    """Has consumer group `group_id` committed any offset (it consumed before)? Blocking."""
+    admin = _admin(bootstrap_servers, timeout_s)
+    try:
+        offsets = admin.list_group_offsets({group_id: None}).get(group_id) or {}
+    finally:
+        admin.close()
+    return any(getattr(meta, "offset", meta) >= 0 for meta in offsets.values())
+
+
 def describe_topics(admin: KafkaAdminClient, topics: Iterable[str]) -> dict[str, TopicShape]:
     """The shape of the given topics that exist."""
     wanted = set(topics)
