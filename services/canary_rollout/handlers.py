@@ -138,12 +138,34 @@ class RolloutService:
             metrics.OBSERVATIONS.labels("feedback").inc()
             self._dirty.add(event.model)
 
+    async def _resume_lost_split(self, machine: RolloutMachine) -> None:
+        """Redis came back empty under a running rollout: its traffic split (and stored state) are gone,
+        the gateways send everything to the champion. Set the split back to where the rollout stands and
+        store the state again: the rollout resumes, it is not restarted."""
+        wanted = machine.wanted_split()
+        if wanted is None:
+            return
+        split = await self.store.split(machine.model)
+        if split is not None and split.rollout_id == wanted.rollout_id:
+            return
+        log.warning(
+            "the traffic split of rollout %s of %s was gone (Redis came back empty): set back to %g %%",
+            wanted.rollout_id,
+            machine.model,
+            wanted.weight,
+        )
+        metrics.SPLITS_RESTORED.inc()
+        await self._apply(machine, Outcome((wanted,)))
+
     async def tick(self, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
         await self.run_commands()
         for model, machine in list(self.machines.items()):
             if not self.owns(model):
                 continue
+            if machine.active is not None:
+                async with self._locks[model]:
+                    await self._resume_lost_split(machine)
             if not machine.busy and model not in self._dirty:
                 continue
             async with self._locks[model]:

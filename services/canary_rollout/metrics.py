@@ -8,3 +8,7 @@ DECISIONS = Counter("flywheel_canary_decisions_total", "Rollout decisions", ["de
 OBSERVATIONS = Counter("flywheel_canary_observations_total", "Observations counted", ["kind"])
 GUARDED = Counter("flywheel_canary_guarded_total", "Registry writes skipped: the registry changed since")
 WEIGHT = Gauge("flywheel_canary_weight_percent", "Challenger traffic share", ["model"])
+SPLITS_RESTORED = Counter(
+    "flywheel_canary_splits_restored_total",
+    "Traffic splits of running rollouts found gone (Redis came back empty) and set back",
+)

@@ -5,14 +5,15 @@ The watcher must not take the empty state for news: it restores its alias state 
 topic, then publishes exactly what changed in MLflow while the state was gone — with the right
 `previous_version`, a deletion included — and nothing else (before, every alias was announced again as
 new, and an alias deleted meanwhile was never published). The resolution cache is rebuilt from the same
-topic, so gateways converge. The feedback worker's counts cannot come back from Redis: it counts on
-from the loss — each event once — and its summary says since when (README "Failure modes").
+topic, so gateways converge; a running rollout's traffic split is set back where it stood. The feedback
+worker's counts cannot come back from Redis: it counts on from the loss — each event once — and its
+summary says since when (README "Failure modes").
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import cast
@@ -22,7 +23,7 @@ import pytest
 import redis
 from mlflow import MlflowClient
 
-from events import ALIAS_CHANGED, AliasChanged
+from events import ALIAS_CHANGED, CANARY_DECISIONS, AliasChanged, CanaryDecision
 from services.cli.devstack.stack import Endpoints
 from services.cli.stack_runner import RunningService, StackRunner
 from services.shared.feedback_summary import read_summary_sync
@@ -30,6 +31,8 @@ from services.shared.kafka.profile import profile_named
 from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys
 from services.shared.resolution import parse_entries
+from services.shared.traffic import TrafficSplit
+from tests.e2e.rollouts import rollout_pipeline
 from tests.support import TopicReader, unique, wait_until
 from tests.support.feedback import Events, records
 
@@ -152,3 +155,39 @@ def test_feedback_counts_after_an_emptied_redis_say_since_when_and_nothing_doubl
     assert after["totals"]["inferences"] == 7, after["totals"]  # counted on from the loss, each once
     since = datetime.fromisoformat(after["counts_since"].replace("Z", "+00:00")).timestamp()
     assert emptied_at - 1 <= since <= time.time()
+
+
+def test_a_running_rollout_resumes_where_it_stood_after_an_emptied_redis(
+    stack: Endpoints, workdir: Path, model: Callable[..., str], mlflow_client: MlflowClient
+) -> None:
+    """Its traffic split and stored state are gone (the gateways would send everything to the champion):
+    the canary sets the split back to where the rollout stands — same rollout, no new START."""
+    name = model("weak", "strong")
+    decisions = TopicReader(stack, CANARY_DECISIONS)
+    of_model = lambda e: isinstance(e, CanaryDecision) and e.model == name  # noqa: E731
+    with rollout_pipeline(stack, workdir) as pipeline:
+        prefix = pipeline.runner.env["FLYWHEEL_REDIS_PREFIX"]
+        store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+        split_key = RedisKeys(prefix).traffic_split(name)
+        try:
+            mlflow_client.set_registered_model_alias(name, "challenger", "2")
+            (start,) = decisions.wait_for(of_model, 1, timeout_s=30)
+            wait_until(lambda: store.get(split_key), 20, "the rollout's traffic split")
+            before = TrafficSplit.model_validate_json(store.get(split_key) or "")
+
+            assert _emptied(stack.redis_url, prefix) > 0
+            wait_until(lambda: store.get(split_key), 20, "the traffic split set back")
+            after = TrafficSplit.model_validate_json(store.get(split_key) or "")
+            decisions.settle(3)
+            kinds = [e.decision.value for e in decisions.events(of_model)]  # type: ignore[attr-defined]
+        finally:
+            decisions.close()
+        view = pipeline.rollout(name)
+    assert (after.rollout_id, after.weight, after.shadow_share) == (
+        before.rollout_id,
+        before.weight,
+        before.shadow_share,
+    )
+    assert after.rollout_id == start.rollout_id  # type: ignore[attr-defined]
+    assert kinds.count("start") == 1, kinds  # resumed, not restarted
+    assert view is not None and view["rollout_id"] == start.rollout_id  # type: ignore[attr-defined]

@@ -102,6 +102,19 @@ def walk_to_step(m: RolloutMachine, step: int) -> float:
 # -- start / advance / promote ---------------------------------------------------------------------------
 
 
+def test_a_lost_split_is_set_back_where_the_rollout_stands_not_restarted() -> None:
+    m = machine()
+    assert m.wanted_split() is None  # no rollout: nothing to set back
+    start = m.challenger_set(CHAL, CHAMP, at(0))
+    assert m.wanted_split() == start.commands[0]
+    walk_to_step(m, 2)
+    r = m.rollout
+    assert r is not None
+    assert m.wanted_split() == SetWeight(MODEL, r.rollout_id, r.weight) and r.weight == FAST.weights[2]
+    m.abort("admin", at(500), "done")
+    assert m.wanted_split() is None  # ended: the split stays at 0
+
+
 def test_start_sets_the_first_weight_and_publishes_start() -> None:
     m = machine()
     outcome = m.challenger_set(CHAL, CHAMP, at(0))

@@ -136,6 +136,15 @@ class RolloutMachine(ObservingMixin):
         ended = self._end(current, Status.ABORTED, Kind.RESTART, now, f"champion moved to version {version}")
         return ended + self._begin(current.challenger_version, version, now)
 
+    def wanted_split(self) -> SetWeight | None:
+        """The traffic split the active rollout stands at (None without one): what a split that vanished
+        (Redis came back empty) is set back to, so the rollout resumes where it was."""
+        rollout = self.active
+        if rollout is None:
+            return None
+        share = rollout.policy.shadow_share if rollout.shadow else 0.0
+        return SetWeight(rollout.model, rollout.rollout_id, rollout.weight, share)
+
     @property
     def busy(self) -> bool:
         """A rollout runs or a promotion is watched: time matters to this machine."""
