@@ -31,6 +31,7 @@ from services.canary_rollout import metrics
 from services.canary_rollout.adapters.executor import CommandExecutor
 from services.canary_rollout.adapters.store import RolloutStore
 from services.canary_rollout.domain import InvalidTransition, Outcome, RolloutMachine
+from services.canary_rollout.lost_rollouts import end_lost_rollouts
 from services.canary_rollout.settings import CanarySettings
 from services.shared.mlflow_registry import RegistryAdapter
 
@@ -74,6 +75,10 @@ class RolloutService:
                         await self.store.save(self.machines[model])
                     self.machines.pop(model, None)
                     self._dirty.discard(model)
+        try:  # rollouts whose state Redis lost end with a recorded decision (lost_rollouts.py)
+            await end_lost_rollouts(self.settings, self.store, self.owns, self.machine, self._apply_locked)
+        except Exception as exc:  # Kafka unreadable now: the next assignment looks again
+            log.warning("cannot check for rollouts whose state was lost: %r", exc)
         for model in await self.store.models():
             if self.settings.watches(model) and self.owns(model) and model not in self.machines:
                 machine = await self.machine(model)
@@ -84,6 +89,10 @@ class RolloutService:
                         model,
                         machine.active.step,
                     )
+
+    async def _apply_locked(self, machine: RolloutMachine, outcome: Outcome) -> None:
+        async with self._locks[machine.model]:
+            await self._apply(machine, outcome)
 
     async def _apply(self, machine: RolloutMachine, outcome: Outcome) -> None:
         if outcome.commands:

@@ -12,3 +12,7 @@ SPLITS_RESTORED = Counter(
     "flywheel_canary_splits_restored_total",
     "Traffic splits of running rollouts found gone (Redis came back empty) and set back",
 )
+LOST_ROLLOUTS_ENDED = Counter(
+    "flywheel_canary_lost_rollouts_ended_total",
+    "Rollouts whose state was lost (Redis came back empty under a restarted worker), ended: abort recorded",
+)

@@ -70,7 +70,7 @@ class StateKeeper:
             published = [e for e in events if isinstance(e, AliasChanged)]
             seed = seed_from(published, watched=self._watched, registry_uri=self._registry_uri)
             written = await self._state.restore(seed)
-            if published:
+            if seed:
                 metrics.STATE_RESTORES.inc()
                 log.warning(
                     "the alias state was gone (Redis came back empty, or a new namespace): restored %d "

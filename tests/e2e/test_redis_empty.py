@@ -32,7 +32,7 @@ from services.shared.kafka.publisher import KafkaPublisher
 from services.shared.redis_store import RedisKeys
 from services.shared.resolution import parse_entries
 from services.shared.traffic import TrafficSplit
-from tests.e2e.rollouts import rollout_pipeline
+from tests.e2e.rollouts import alias, rollout_pipeline
 from tests.support import TopicReader, unique, wait_until
 from tests.support.feedback import Events, records
 
@@ -106,8 +106,11 @@ def test_an_emptied_redis_publishes_only_what_changed_meanwhile(
             for a, e in parse_entries(cast(dict[str, str], store.hgetall(keys.resolution(model)))).items()
         }
 
-    wait_until(lambda: cached() == {"champion": "2", "challenger": None}, 20, "the resolution cache rebuilt")
-    assert store.exists(keys.resolution_epoch())
+    wait_until(
+        lambda: cached() == {"champion": "2", "challenger": None} and store.exists(keys.resolution_epoch()),
+        20,
+        "the resolution cache rebuilt and marked whole",
+    )
 
 
 def test_feedback_counts_after_an_emptied_redis_say_since_when_and_nothing_double_counts(
@@ -161,7 +164,8 @@ def test_a_running_rollout_resumes_where_it_stood_after_an_emptied_redis(
     stack: Endpoints, workdir: Path, model: Callable[..., str], mlflow_client: MlflowClient
 ) -> None:
     """Its traffic split and stored state are gone (the gateways would send everything to the champion):
-    the canary sets the split back to where the rollout stands — same rollout, no new START."""
+    the canary sets the split back to where the rollout stands — same rollout, no new START. A canary
+    worker restarted on an emptied Redis ends the rollout with a recorded abort instead."""
     name = model("weak", "strong")
     decisions = TopicReader(stack, CANARY_DECISIONS)
     of_model = lambda e: isinstance(e, CanaryDecision) and e.model == name  # noqa: E731
@@ -180,9 +184,19 @@ def test_a_running_rollout_resumes_where_it_stood_after_an_emptied_redis(
             after = TrafficSplit.model_validate_json(store.get(split_key) or "")
             decisions.settle(3)
             kinds = [e.decision.value for e in decisions.events(of_model)]  # type: ignore[attr-defined]
+            view = pipeline.rollout(name)
+
+            # A worker *restarted* on an emptied Redis knows nothing of the rollout: it ends it, recorded.
+            pipeline.runner.stop_service("canary-rollout")
+            assert _emptied(stack.redis_url, prefix) > 0
+            pipeline.runner.start_canary()
+            aborted = lambda e: of_model(e) and e.decision.value == "abort"  # noqa: E731
+            (ended,) = decisions.wait_for(aborted, 1, timeout_s=60)
+            wait_until(lambda: alias(mlflow_client, name, "challenger") is None, 30, "the challenger deleted")
+            decisions.settle(3)
+            later = [e.decision.value for e in decisions.events(of_model)]  # type: ignore[attr-defined]
         finally:
             decisions.close()
-        view = pipeline.rollout(name)
     assert (after.rollout_id, after.weight, after.shadow_share) == (
         before.rollout_id,
         before.weight,
@@ -191,3 +205,6 @@ def test_a_running_rollout_resumes_where_it_stood_after_an_emptied_redis(
     assert after.rollout_id == start.rollout_id  # type: ignore[attr-defined]
     assert kinds.count("start") == 1, kinds  # resumed, not restarted
     assert view is not None and view["rollout_id"] == start.rollout_id  # type: ignore[attr-defined]
+    assert isinstance(ended, CanaryDecision)
+    assert (ended.rollout_id, ended.decision.value, ended.state) == (start.rollout_id, "abort", "aborted")  # type: ignore[attr-defined]
+    assert "lost" in ended.reason and later.count("start") == 1, later  # ended, never restarted

@@ -99,6 +99,21 @@ def walk_to_step(m: RolloutMachine, step: int) -> float:
     return t
 
 
+def test_a_rollout_whose_state_was_lost_ends_recorded_as_aborted_continuing_its_sequence() -> None:
+    m = machine()
+    outcome = m.end_lost("fraud-r1", CHAMP, CHAL, 1, 50.0, 7, at(10))
+    assert outcome.commands[:-1] == (SetWeight(MODEL, "fraud-r1", 0.0), DeleteAlias(MODEL, "challenger"))
+    record = only(outcome)
+    assert (record.rollout_id, record.seq, record.decision, record.state) == (
+        "fraud-r1",
+        7,
+        Kind.ABORT,
+        RolloutStatus.ABORTED,
+    )
+    assert "lost" in record.reason and record.event_id == "fraud-r1-7"
+    assert m.active is None  # ended: nothing restarts it
+
+
 # -- start / advance / promote ---------------------------------------------------------------------------
 
 

@@ -220,6 +220,33 @@ class RolloutMachine(ObservingMixin):
         return outcome
 
     # -- internals -----------------------------------------------------------------------------------
+    def end_lost(
+        self,
+        rollout_id: str,
+        champion_version: str | None,
+        challenger_version: str,
+        step: int,
+        weight: float,
+        next_seq: int,
+        now: datetime,
+    ) -> Outcome:
+        """A rollout whose state was lost (Redis came back empty under a restarted worker), known only from
+        its last recorded decision: its windows and evidence are gone, so it cannot be judged on — and it
+        must not restart silently. It ends here, recorded as aborted (the decision continues its sequence),
+        the challenger alias deleted: setting it again starts a new rollout."""
+        aware(now)
+        rollout = RolloutState.create(self.model, challenger_version, champion_version, self.policy, now)
+        rollout = rollout.model_copy(
+            update={"rollout_id": rollout_id, "step": step, "weight": weight, "seq": next_seq}
+        )
+        rollout.status = Status.PROGRESSING
+        self.state.rollout = rollout
+        reason = (
+            f"rollout state lost (Redis came back empty) at step {step}, weight {weight:g} %: ended here, "
+            "not restarted; set the challenger alias again to start over"
+        )
+        return self._end(rollout, Status.ABORTED, Kind.ABORT, now, reason, delete_challenger=True)
+
     def _require_active(self, action: str) -> RolloutState:
         current = self.active
         if current is None:
