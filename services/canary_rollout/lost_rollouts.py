@@ -73,6 +73,7 @@ async def end_lost_rollouts(
         group_has_committed, settings.kafka_bootstrap_servers, settings.canary_group_id
     ):
         return 0
+    ended = 0
     for model, decision in sorted(running.items()):
         machine = await machine_of(model)
         if machine.active is not None:  # known after all (started meanwhile)
@@ -88,7 +89,8 @@ async def end_lost_rollouts(
         )
         await apply(machine, outcome)
         metrics.LOST_ROLLOUTS_ENDED.inc()
+        ended += 1
         log.warning(
             "rollout %s of %s: state lost with Redis; ended with a recorded abort", decision.rollout_id, model
         )
-    return len(running)
+    return ended

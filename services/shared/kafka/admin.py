@@ -64,7 +64,7 @@ def group_has_committed(bootstrap_servers: str, group_id: str, timeout_s: float 
         offsets = admin.list_group_offsets({group_id: None}).get(group_id) or {}
     finally:
         admin.close()
-    return any(getattr(meta, "offset", meta) >= 0 for meta in offsets.values())
+    return any(meta.offset >= 0 for meta in offsets.values())
 
 
 def describe_topics(admin: KafkaAdminClient, topics: Iterable[str]) -> dict[str, TopicShape]:
